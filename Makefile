@@ -1,0 +1,26 @@
+# `make lab` to work through the notebooks, `make test` to run everything CI runs.
+# Both create .venv on first use and reinstall when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: lab test bench clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --editable ".[dev]"
+	touch $(INSTALLED)
+
+lab: $(INSTALLED)
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: $(INSTALLED)
+	MPLBACKEND=Agg $(PY) -m pytest --nbmake tests notebooks
+
+bench: $(INSTALLED)
+	$(PY) bench/bench_retry.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,112 @@
+"""Injected time.
+
+Every pattern takes a `Clock` instead of calling `time` or `asyncio` directly, so the same code
+runs on real time in a service and on virtual time in notebooks and tests, where a ten-minute
+outage replays in milliseconds and identically on every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Clock", "SystemClock", "VirtualClock", "SYSTEM_CLOCK"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic time plus the two ways to wait on it."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale; only differences are meaningful."""
+        ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    async def asleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """Real time: `time.monotonic`, never the wall clock, so NTP steps cannot bend intervals."""
+
+    now = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+class VirtualClock:
+    """Time that only moves when someone sleeps on it.
+
+    `sleep` advances time at once. `asleep` parks the task; once the event loop has nothing
+    else ready to run, the earliest sleeper (ties broken by arrival order) is woken and time
+    jumps to its deadline. Many concurrent async sleepers therefore wake in a fixed order,
+    the same on every run.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self._lock = threading.Lock()
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._jump_pending_on: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds` (must be >= 0)."""
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        with self._lock:
+            self._now += seconds
+
+    sleep = advance
+
+    async def asleep(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        loop = asyncio.get_running_loop()
+        wake = loop.create_future()
+        heapq.heappush(self._sleepers, (self._now + seconds, next(self._order), wake))
+        self._schedule_jump(loop)
+        await wake
+
+    def _schedule_jump(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._jump_pending_on is not loop:
+            self._jump_pending_on = loop
+            loop.call_soon(self._jump, loop, 0)
+
+    def _jump(self, loop: asyncio.AbstractEventLoop, spins: int) -> None:
+        # Let every runnable task go first: it may be about to sleep for less than the
+        # current earliest sleeper. CPython's loop exposes its ready queue; other loops get a
+        # bounded number of passes instead.
+        ready = getattr(loop, "_ready", None)
+        if (len(ready) > 0) if ready is not None else spins < 100:
+            loop.call_soon(self._jump, loop, spins + 1)
+            return
+        self._jump_pending_on = None
+        while self._sleepers:
+            deadline, _, wake = heapq.heappop(self._sleepers)
+            if wake.cancelled() or wake.get_loop() is not loop:
+                continue  # cancelled, or left behind by an event loop that has ended
+            with self._lock:
+                self._now = max(self._now, deadline)
+            wake.set_result(None)
+            break
+        if self._sleepers:
+            self._schedule_jump(loop)
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(now={self._now:g})"

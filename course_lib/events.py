@@ -1,0 +1,91 @@
+"""Typed event records that patterns emit, and a Recorder that collects them.
+
+A pattern never prints, plots or logs. It calls an optional `on_event` sink with one of these
+records, stamped with its clock's time; timelines, logs and metrics are views of the same list.
+With no sink attached a pattern skips building the record, so events cost (almost) nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    t: float
+    """Clock time at which the thing happened (for an attempt: when it started)."""
+    source: str
+    """Name of the component instance that emitted it, e.g. the retrier's name."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": type(self).__name__, **dataclasses.asdict(self)}
+
+
+EventSink = Callable[[Event], None]
+E = TypeVar("E", bound=Event)
+
+
+# --- retry -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Attempt(Event):
+    """One try of a call; `error` is None when it succeeded."""
+
+    call_id: int
+    attempt: int
+    duration: float
+    error: str | None = None
+    status: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Event):
+    """The pause after a failed attempt; reason is "backoff" or "retry-after"."""
+
+    call_id: int
+    attempt: int
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp(Event):
+    """The call failed for good; reason says why no further attempt was made."""
+
+    call_id: int
+    attempts: int
+    reason: str
+    error: str
+
+
+class Recorder:
+    """An event sink that keeps every event, in order, for plots and assertions."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __repr__(self) -> str:
+        return f"Recorder({len(self.events)} events)"

@@ -1,0 +1,77 @@
+"""Shared fixtures: a Redis client on both fakeredis and a real redis-server.
+
+Every test that takes `redis_client` runs twice: once on fakeredis (always available) and once
+on a real redis-server that this file starts on a free loopback port with persistence off.
+Without the binary the real variant is skipped, except when COURSE_LIB_REQUIRE_REDIS=1 (as in
+CI), where it fails instead, so a missing server can never pass quietly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A real redis-server for the whole session, or a skip (a failure under CI)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if REQUIRE_REAL_REDIS:
+            pytest.fail(message + "; COURSE_LIB_REQUIRE_REDIS=1 makes it mandatory")
+        pytest.skip(message)
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None:
+                    pytest.fail(f"redis-server exited with code {process.returncode}")
+                time.sleep(0.02)
+        else:
+            pytest.fail("redis-server did not answer PING within 4 s")
+        yield url
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """An empty Redis database, on fakeredis and on a real server."""
+    if request.param == "fakeredis":
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_server_url"))
+        client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
