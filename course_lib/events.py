@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp"]
+__all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp", "StateChange", "Rejected", "CallOutcome", "StoreFallback", "FallbackStep"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,55 @@ class GiveUp(Event):
     attempts: int
     reason: str
     error: str
+
+
+# --- circuit breaker -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StateChange(Event):
+    """The breaker moved between "closed", "open" and "half-open"."""
+
+    old: str
+    new: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected(Event):
+    """A call refused without being made; `retry_at` is when a probe may next be admitted."""
+
+    state: str
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome(Event):
+    """A call the breaker admitted has finished; `verdict` is "success", "failure" or "ignored"
+    (a client error, which says nothing about the provider's health)."""
+
+    state: str
+    verdict: str
+    duration: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFallback(Event):
+    """Shared state (Redis) failed during `operation`; this process decided on its own."""
+
+    operation: str
+    error: str
+
+
+# --- fallback chain --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FallbackStep(Event):
+    """A handler of a fallback chain was tried: outcome is "answered", "skipped" (no call made,
+    or nothing to offer), "failed" (fell through) or "raised" (the error goes to the caller)."""
+
+    handler: str
+    outcome: str
+    detail: str
+    duration: float
 
 
 class Recorder:

@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import random
 
-import httpx2
 import openai
 import pytest
 from hypothesis import given
@@ -23,25 +22,7 @@ from course_lib.retry import (
     retry,
     retry_after_seconds,
 )
-
-REQUEST = httpx2.Request("POST", "http://sim.local/v1/chat/completions")
-CLASS_FOR_STATUS = {
-    400: openai.BadRequestError,
-    401: openai.AuthenticationError,
-    403: openai.PermissionDeniedError,
-    404: openai.NotFoundError,
-    409: openai.ConflictError,
-    422: openai.UnprocessableEntityError,
-    429: openai.RateLimitError,
-}
-
-
-def status_error(status: int, *, code: str | None = None, headers: dict[str, str] | None = None) -> openai.APIStatusError:
-    """The exception the SDK raises for `status`, built from a real response object."""
-    body = {"message": f"status {status}", "type": "test", "param": None, "code": code}
-    response = httpx2.Response(status, headers=headers or {}, request=REQUEST, json={"error": body})
-    cls = CLASS_FOR_STATUS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    return cls(f"status {status}", response=response, body=body)
+from sdk_errors import REQUEST, status_error
 
 
 class Script:

@@ -1,0 +1,205 @@
+"""Circuit breaker state shared through Redis, so every worker and server obeys one breaker.
+
+    breaker = CircuitBreaker(policy, name="gpt-4o", state=RedisState(redis_client, "gpt-4o", policy))
+
+Each decision (admit, settle) is one Lua script, so concurrent processes cannot interleave
+half-way through a transition. Time comes from the Redis server (`TIME`) unless a clock is
+given (tests and notebooks pass a VirtualClock): app servers' clocks differ, Redis's is one.
+If Redis fails, the breaker decides locally for that call and says so in a warning log and a
+`StoreFallback` event; a broken cache never fails the call it was meant to protect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .breaker import NO_MOVES, BreakerPolicy, LocalState, Moves, Ticket, Verdict
+from .clock import Clock
+from .events import Event, StoreFallback
+
+__all__ = ["RedisState"]
+
+log = logging.getLogger("course_lib.breaker")
+
+# Shared prelude: the time, and a helper that moves the breaker to a new state.
+_PRELUDE = """
+local h, window = KEYS[1], KEYS[2]
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local state = redis.call('HGET', h, 'state') or 'closed'
+local gen = tonumber(redis.call('HGET', h, 'gen') or '0')
+local moves = {}
+local function move(new, reason)
+  table.insert(moves, state) ; table.insert(moves, new) ; table.insert(moves, reason)
+  state, gen = new, gen + 1
+  redis.call('HSET', h, 'state', new, 'gen', gen, 'probes', 0, 'successes', 0, 'consecutive', 0, 'failures', 0)
+  redis.call('DEL', window)
+  if new == 'open' then redis.call('HSET', h, 'opened_at', tostring(now)) end
+end
+"""
+
+# ARGV: now, open_seconds, half_open_probes -> {admitted, retry_in, state, gen, now, moves...}
+_ADMIT = _PRELUDE + """
+if state == 'open' then
+  local reopen_at = tonumber(redis.call('HGET', h, 'opened_at')) + tonumber(ARGV[2])
+  if now < reopen_at then return {0, tostring(reopen_at - now), state, gen, tostring(now)} end
+  move('half-open', 'open for ' .. ARGV[2] .. 's')
+end
+if state == 'half-open' then
+  if tonumber(redis.call('HGET', h, 'probes') or '0') >= tonumber(ARGV[3]) then
+    return {0, '0', state, gen, tostring(now), unpack(moves)}
+  end
+  redis.call('HINCRBY', h, 'probes', 1)
+end
+return {1, '0', state, gen, tostring(now), unpack(moves)}
+"""
+
+# ARGV: now, gen, verdict, trip_on, failure_threshold, failure_rate, minimum_calls,
+#       window, window_size, probes_to_close -> moves
+_SETTLE = _PRELUDE + """
+if tonumber(ARGV[2]) ~= gen then return moves end
+local verdict = ARGV[3]
+if state == 'half-open' then
+  redis.call('HINCRBY', h, 'probes', -1)
+  if verdict == 'failure' then
+    move('open', 'probe failed')
+  elseif verdict == 'success' then
+    local ok = redis.call('HINCRBY', h, 'successes', 1)
+    if ok >= tonumber(ARGV[10]) then move('closed', ok .. ' probe(s) succeeded') end
+  end
+elseif state == 'closed' and verdict ~= 'ignored' then
+  local failed = verdict == 'failure'
+  if ARGV[4] == 'consecutive' then
+    local streak = 0
+    if failed then streak = redis.call('HINCRBY', h, 'consecutive', 1) else redis.call('HSET', h, 'consecutive', 0) end
+    if streak >= tonumber(ARGV[5]) then move('open', streak .. ' consecutive failures') end
+  else
+    local size = tonumber(ARGV[9])
+    redis.call('RPUSH', window, tostring(now) .. (failed and ' 1' or ' 0'))
+    if failed then redis.call('HINCRBY', h, 'failures', 1) end
+    local function drop_oldest()
+      local entry = redis.call('LPOP', window)
+      if string.sub(entry, -1) == '1' then redis.call('HINCRBY', h, 'failures', -1) end
+    end
+    if ARGV[8] == 'count' then
+      if redis.call('LLEN', window) > size then drop_oldest() end
+    else
+      while true do
+        local oldest = redis.call('LINDEX', window, 0)
+        if not oldest or tonumber(string.match(oldest, '^(%S+)')) > now - size then break end
+        drop_oldest()
+      end
+    end
+    local calls = redis.call('LLEN', window)
+    local failures = tonumber(redis.call('HGET', h, 'failures') or '0')
+    if calls >= tonumber(ARGV[7]) and failures >= tonumber(ARGV[6]) * calls then
+      move('open', 'failure rate ' .. failures .. '/' .. calls .. ' >= ' .. ARGV[6])
+    end
+  end
+end
+return moves
+"""
+
+# -> state, opened_at (or ''), now
+_CURRENT = _PRELUDE + """
+return {state, redis.call('HGET', h, 'opened_at') or '', tostring(now)}
+"""
+
+
+def _moves(flat: list[Any]) -> Moves:
+    if not flat:
+        return NO_MOVES
+    text = [item.decode() if isinstance(item, bytes) else str(item) for item in flat]
+    return [(text[i], text[i + 1], text[i + 2]) for i in range(0, len(text), 3)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: float) -> str:
+    return repr(float(value))  # full precision: str() of a Lua number would round
+
+
+class RedisState:
+    """`BreakerState` kept in Redis under `prefix:name` (a hash and a list)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        policy: BreakerPolicy,
+        *,
+        clock: Clock | None = None,
+        prefix: str = "course_lib:breaker",
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.client, self.name, self.policy, self.clock = client, name, policy, clock
+        self.keys = [f"{prefix}:{name}", f"{prefix}:{name}:window"]
+        self.on_event = on_event
+        self.fallback = LocalState(policy)
+        self._admit = client.register_script(_ADMIT)
+        self._settle = client.register_script(_SETTLE)
+        self._current = client.register_script(_CURRENT)
+
+    def _now_arg(self) -> str:
+        return _number(self.clock.now()) if self.clock is not None else ""
+
+    def _fall_back(self, operation: str, now: float, error: Exception) -> None:
+        log.warning("breaker %r: Redis %s failed (%s: %s); deciding locally", self.name, operation, type(error).__name__, error)
+        if self.on_event is not None:
+            self.on_event(StoreFallback(now, self.name, operation, f"{type(error).__name__}: {error}"))
+
+    def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
+        policy = self.policy
+        try:
+            admitted, retry_in, state, gen, _, *moves = self._admit(
+                keys=self.keys, args=[self._now_arg(), _number(policy.open_seconds), policy.half_open_probes]
+            )
+        except redis.RedisError as error:
+            self._fall_back("admit", now, error)
+            ticket, retry_in, moves = self.fallback.admit(now)
+            # Local tickets carry a negative generation so that settle knows where they belong.
+            return (None if ticket is None else (-1 - ticket[0], ticket[1], ticket[2])), retry_in, moves
+        ticket = (int(gen), _text(state), now) if admitted else None
+        return ticket, float(_text(retry_in)), _moves(moves)
+
+    def settle(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
+        generation, state, started = ticket
+        if generation < 0:
+            return self.fallback.settle((-1 - generation, state, started), verdict, now)
+        policy = self.policy
+        try:
+            moves = self._settle(
+                keys=self.keys,
+                args=[
+                    self._now_arg(), generation, verdict, policy.trip_on, policy.failure_threshold,
+                    _number(policy.failure_rate), policy.minimum_calls, policy.window, _number(policy.window_size),
+                    policy.probes_to_close,
+                ],
+            )
+        except redis.RedisError as error:
+            self._fall_back("settle", now, error)
+            return NO_MOVES
+        return _moves(moves)
+
+    def current(self, now: float) -> str:
+        try:
+            state, opened_at, server_now = (_text(v) for v in self._current(keys=self.keys, args=[self._now_arg()]))
+        except redis.RedisError as error:
+            self._fall_back("read", now, error)
+            return self.fallback.current(now)
+        if state == "open" and float(server_now) >= float(opened_at) + self.policy.open_seconds:
+            return "half-open"
+        return state
+
+    def reset(self) -> None:
+        """Forget the shared state (closed, empty window)."""
+        self.client.delete(*self.keys)
