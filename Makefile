@@ -21,6 +21,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(PY) bench/bench_retry.py
+	$(PY) bench/bench_breaker.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

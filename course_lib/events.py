@@ -109,6 +109,7 @@ class FallbackStep(Event):
     """A handler of a fallback chain was tried: outcome is "answered", "skipped" (no call made,
     or nothing to offer), "failed" (fell through) or "raised" (the error goes to the caller)."""
 
+    call_id: int
     handler: str
     outcome: str
     detail: str

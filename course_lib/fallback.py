@@ -22,6 +22,7 @@ call, and once it opens, no retries are spent on a provider that is known to be 
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -98,6 +99,7 @@ class _Walk:
 
     def __init__(self, chain: FallbackChain) -> None:
         self.chain = chain
+        self.call_id = next(chain._call_ids)
         self.trail: list[tuple[str, str, str]] = []
         self.errors: list[tuple[str, BaseException]] = []
         self.too_small_at: int | None = None  # context window that was exceeded, if any
@@ -138,7 +140,7 @@ class _Walk:
         self.trail.append((handler.name, outcome, detail))
         emit = self.chain.on_event
         if emit is not None:
-            emit(FallbackStep(self.chain.clock.now() - duration, self.chain.name, handler.name, outcome, detail, duration))
+            emit(FallbackStep(self.chain.clock.now() - duration, self.chain.name, self.call_id, handler.name, outcome, detail, duration))
 
 
 class FallbackChain:
@@ -163,6 +165,7 @@ class FallbackChain:
         self.clock = clock
         self.on_event = on_event
         self.name = name
+        self._call_ids = itertools.count(1)
 
     def call(self, *args: Any, **kwargs: Any) -> Answer[Any]:
         """Answer with the first handler that can; every handler must be synchronous."""

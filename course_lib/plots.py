@@ -13,11 +13,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .events import Attempt, Event, GiveUp, Wait
+from .events import Attempt, CallOutcome, Event, FallbackStep, GiveUp, Rejected, StateChange, Wait
 
-__all__ = ["retry_timeline", "fleet_chart"]
+__all__ = ["retry_timeline", "fleet_chart", "breaker_timeline", "fallback_chart"]
 
 OK, FAILED, WAIT, DOWN = "#2e9d4f", "#d1495b", "#8d99ae", "#f4d6da"
+REJECTED, IGNORED = "#f29e4c", "#5c6f91"
+STATE_COLOURS = {"closed": "#e3f2e6", "open": "#f8d7da", "half-open": "#fff3cd"}
 Window = tuple[float, float]
 
 
@@ -105,4 +107,70 @@ def fleet_chart(
         ax.set_ylabel(f"calls / {bin_width:g} s")
     axes[0, 0].legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("time (s)")
+    return fig
+
+
+def _state_spans(events: Sequence[Event], end: float) -> list[tuple[float, float, str]]:
+    """(start, end, state) intervals from the breaker's StateChange events."""
+    spans, start, state = [], 0.0, "closed"
+    for change in (e for e in events if isinstance(e, StateChange)):
+        spans.append((start, change.t, state))
+        start, state = change.t, change.new
+    spans.append((start, end, state))
+    return [span for span in spans if span[1] > span[0]]
+
+
+def breaker_timeline(events: Iterable[Event], *, ax: Axes | None = None, title: str = "Circuit breaker") -> Figure:
+    """The breaker's state as coloured bands over time, and every request as a mark:
+    success, failure, ignored (a client error) or rejected fast."""
+    fig, ax = _figure(ax, (9, 2.8))
+    events = list(events)
+    end = max((e.t + getattr(e, "duration", 0.0) for e in events), default=1.0)
+    for start, stop, state in _state_spans(events, end):
+        ax.axvspan(start, stop, color=STATE_COLOURS[state], zorder=0)
+    rows = {"success": (0, OK, "o"), "failure": (1, FAILED, "x"), "ignored": (2, IGNORED, "s"), "rejected": (3, REJECTED, "|")}
+    marks: dict[str, list[float]] = {kind: [] for kind in rows}
+    for e in events:
+        if isinstance(e, CallOutcome):
+            marks[e.verdict].append(e.t)
+        elif isinstance(e, Rejected):
+            marks["rejected"].append(e.t)
+    for kind, times in marks.items():
+        y, colour, marker = rows[kind]
+        ax.scatter(times, [y] * len(times), color=colour, marker=marker, s=30, label=f"{kind} ({len(times)})", zorder=2)
+    ax.set_yticks([y for y, _, _ in rows.values()], list(rows))
+    ax.set_ylim(-0.6, 3.6)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (s)")
+    ax.set_title(title)
+    ax.legend(
+        handles=[Patch(color=c, label=state) for state, c in STATE_COLOURS.items()] + ax.get_legend_handles_labels()[0],
+        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8,
+    )
+    return fig
+
+
+def fallback_chart(events: Iterable[Event], *, outages: Sequence[Window] = (), title: str = "Who answered") -> Figure:
+    """Top: which handler served each request over time. Bottom: each request's latency."""
+    answered = [e for e in events if isinstance(e, FallbackStep)]
+    started: dict[int, float] = {}
+    for step in answered:
+        started.setdefault(step.call_id, step.t)
+    served = [s for s in answered if s.outcome == "answered"]
+    handlers = list(dict.fromkeys(s.handler for s in answered))
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 4), layout="constrained", height_ratios=[2, 1])
+    for ax in (top, bottom):
+        _shade(ax, outages, "primary down")
+    colours = plt.get_cmap("tab10")
+    for i, name in enumerate(handlers):
+        times = [started[s.call_id] for s in served if s.handler == name]
+        top.scatter(times, [i] * len(times), color=colours(i), s=18, label=f"{name} ({len(times)})")
+    top.set_yticks(range(len(handlers)), handlers)
+    top.invert_yaxis()
+    top.set_title(title)
+    top.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    latency = [(started[s.call_id], s.t + s.duration - started[s.call_id], handlers.index(s.handler)) for s in served]
+    bottom.scatter([t for t, _, _ in latency], [d for _, d, _ in latency], c=[colours(i) for _, _, i in latency], s=12)
+    bottom.set_ylabel("latency (s)")
+    bottom.set_xlabel("time the request arrived (s)")
     return fig
