@@ -1,0 +1,73 @@
+"""One factory for OpenAI clients: the simulated provider by default, a real endpoint by opt-in.
+
+    client = make_client()                        # simulated, in-process, offline
+    client = make_client(SimProvider(plan, clock=clock))
+    aclient = make_async_client(provider)
+
+A real endpoint is used only when asked for (`real=True`, or COURSE_LIB_REAL_LLM=1 in the
+environment); its key is read from OPENAI_API_KEY and never written in code.
+
+`max_retries` defaults to 0 because course_lib owns the retry policy. The SDK retries twice by
+default, so a 3-attempt loop around a default client makes up to 3 x 3 = 9 calls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import httpx2
+import openai
+
+from .sim.provider import SimProvider
+from .sim.transport import SimTransport
+
+__all__ = ["LLMSettings", "make_client", "make_async_client", "SIM_BASE_URL"]
+
+SIM_BASE_URL = "http://sim.local/v1"
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    """Where calls go, read from the environment an operator controls."""
+
+    real: bool
+    api_key: str | None
+    base_url: str | None
+
+    @classmethod
+    def from_env(cls, real: bool | None = None) -> LLMSettings:
+        if real is None:
+            real = os.environ.get("COURSE_LIB_REAL_LLM", "").strip().lower() in ("1", "true", "yes")
+        return cls(real, os.environ.get("OPENAI_API_KEY") or None, os.environ.get("OPENAI_BASE_URL") or None)
+
+
+def _real_settings(real: bool | None) -> LLMSettings | None:
+    settings = LLMSettings.from_env(real)
+    if not settings.real:
+        return None
+    if not settings.api_key:
+        raise RuntimeError("OPENAI_API_KEY is not set: a real endpoint needs a key from the environment (or use the simulator)")
+    return settings
+
+
+def make_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
+                real: bool | None = None) -> openai.OpenAI:
+    """A sync client: the simulated `provider` (a fresh one if None) unless a real one is opted in."""
+    settings = _real_settings(real) if provider is None else None
+    if settings is not None:
+        return openai.OpenAI(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
+    transport = SimTransport(provider if provider is not None else SimProvider())
+    return openai.OpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
+                         http_client=httpx2.Client(transport=transport))
+
+
+def make_async_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
+                      real: bool | None = None) -> openai.AsyncOpenAI:
+    """The async twin of `make_client`."""
+    settings = _real_settings(real) if provider is None else None
+    if settings is not None:
+        return openai.AsyncOpenAI(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
+    transport = SimTransport(provider if provider is not None else SimProvider())
+    return openai.AsyncOpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
+                              http_client=httpx2.AsyncClient(transport=transport))

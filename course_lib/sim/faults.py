@@ -1,0 +1,154 @@
+"""FaultPlan: what goes wrong at the simulated provider, and when.
+
+Times are seconds since the provider was created, on its injected clock. Each fault applies in
+[start, end), optionally to some models only, and to a `rate` fraction of the requests there
+(drawn from the provider's seeded generator, so a plan replays identically).
+
+    {"seed": 7, "faults": [
+        {"kind": "outage", "start": 0, "end": 30, "status": 503},
+        {"kind": "rate_limit", "start": 30, "end": 40, "retry_after": 2},
+        {"kind": "latency", "seconds": 0.8, "models": ["gpt-4o"]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .models import MODELS
+
+__all__ = ["FaultPlan", "FaultPlanError", "Fault"]
+
+
+class FaultPlanError(ValueError):
+    """A fault plan that cannot be used; the message names the entry and the field."""
+
+
+class _Fault(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: float = Field(0.0, ge=0)
+    end: float = math.inf
+    models: list[str] | None = None
+    rate: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, models: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(models or ()) - MODELS.keys())
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+        return models
+
+    @model_validator(mode="after")
+    def _window(self) -> _Fault:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end:g}) must be after start ({self.start:g})")
+        return self
+
+    def covers(self, t: float, model: str) -> bool:
+        return self.start <= t < self.end and (self.models is None or model in self.models)
+
+
+class Outage(_Fault):
+    """The provider answers with a server error."""
+
+    kind: Literal["outage"] = "outage"
+    status: Literal[500, 502, 503] = 503
+
+
+class RateLimit(_Fault):
+    """429 with `retry-after` and `retry-after-ms`, as OpenAI sends them."""
+
+    kind: Literal["rate_limit"] = "rate_limit"
+    retry_after: float = Field(1.0, gt=0)
+
+
+class Quota(_Fault):
+    """429 `insufficient_quota`: the account is out of credit; waiting will not help."""
+
+    kind: Literal["quota"] = "quota"
+
+
+class Capacity(_Fault):
+    """At most `per_second` requests per one-second bucket; the rest are refused with
+    `status` and no Retry-After (an overloaded server shedding load)."""
+
+    kind: Literal["capacity"] = "capacity"
+    per_second: int = Field(gt=0)
+    status: Literal[429, 503] = 503
+
+
+class Latency(_Fault):
+    """Adds `seconds` before the answer (combines with other faults)."""
+
+    kind: Literal["latency"] = "latency"
+    seconds: float = Field(gt=0)
+
+
+class Hang(_Fault):
+    """No answer for `seconds`, longer than any sensible client timeout."""
+
+    kind: Literal["hang"] = "hang"
+    seconds: float = Field(600.0, gt=0)
+
+
+class Drop(_Fault):
+    """The connection is closed without a response."""
+
+    kind: Literal["drop"] = "drop"
+
+
+Fault = Annotated[Outage | RateLimit | Quota | Capacity | Latency | Hang | Drop, Field(discriminator="kind")]
+
+
+class FaultPlan(BaseModel):
+    """A seeded list of faults; the first fault (in order) that applies to a request decides
+    its fate, except latency, which adds its delay and lets the next ones decide."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    faults: list[Fault] = []
+
+    @classmethod
+    def parse(cls, data: Any) -> FaultPlan:
+        """Validate a dict (or a plan); raise FaultPlanError naming the bad entry."""
+        if isinstance(data, FaultPlan):
+            return data
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise FaultPlanError(_describe(error, data)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FaultPlan:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise FaultPlanError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        return cls.parse(data)
+
+
+def _describe(error: ValidationError, data: Any) -> str:
+    """One line per problem, e.g. `faults[2] (rate_limit): retry_after: must be > 0, got -1`."""
+    lines = []
+    for problem in error.errors():
+        where = list(problem["loc"])
+        text = problem["msg"].removeprefix("Value error, ")
+        if len(where) >= 2 and where[0] == "faults" and isinstance(where[1], int):
+            index = where[1]
+            entry = data["faults"][index] if isinstance(data, dict) else None
+            kind = entry.get("kind", "?") if isinstance(entry, dict) else "?"
+            fields = [str(part) for part in where[2:] if part != kind]
+            label = f"faults[{index}] ({kind})" + (f": {'.'.join(fields)}" if fields else "")
+        else:
+            label = ".".join(str(part) for part in where) or "plan"
+        if "input" in problem and problem["type"] not in ("missing", "model_type", "union_tag_invalid", "value_error"):
+            text += f", got {problem['input']!r}"
+        lines.append(f"{label}: {text}")
+    return "invalid fault plan: " + "; ".join(lines)

@@ -1,0 +1,289 @@
+"""SimProvider: an OpenAI-compatible chat provider whose failures are scripted.
+
+`handle()` turns one HTTP request into a `SimReply` (status, headers, body, or an instruction to
+delay, hang or drop) without doing any I/O itself; the in-process transport and the HTTP server
+carry the reply out. Replies use the real wire format, so the openai SDK parses them and raises
+its real exception classes. Every request is logged in `provider.log`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..clock import SYSTEM_CLOCK, Clock
+from .faults import FaultPlan
+from .models import MODELS, count_prompt_tokens, encoding_for
+
+__all__ = ["SimProvider", "SimReply", "CallRecord", "ApiError"]
+
+CREATED_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z: `created` stamps are this plus clock time
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+WORDS = (
+    "your request has been received and the answer depends on the details of the order the "
+    "policy allows a refund within thirty days when the item is unused and the receipt is kept "
+    "our team reviews each case and replies by email shipping costs are covered when we made a "
+    "mistake otherwise a small fee applies please keep the tracking number for reference"
+).split()
+
+
+class ApiError(Exception):
+    """An OpenAI-style error reply: status plus `{"error": {message, type, param, code}}`."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", *,
+                 param: str | None = None, code: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class SimReply:
+    """What to send back, and how: answer (after `delay`), hang, or drop the connection."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    chunks: list[bytes] | None = None
+    """Server-sent events for a streamed completion (the body is then empty)."""
+    delay: float = 0.0
+    action: Literal["respond", "hang", "drop"] = "respond"
+    hang_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One request as the provider saw it; status is None for a hang or a drop."""
+
+    t: float
+    model: str | None
+    status: int | None
+    fault: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class SimProvider:
+    """The simulated provider. Times in the fault plan count from its creation on `clock`."""
+
+    def __init__(self, plan: FaultPlan | Mapping[str, Any] | None = None, *, clock: Clock = SYSTEM_CLOCK, seed: int | None = None) -> None:
+        self.plan = FaultPlan.parse(plan if plan is not None else {})
+        self.clock = clock
+        self.seed = self.plan.seed if seed is None else seed
+        self.started = clock.now()
+        self.log: list[CallRecord] = []
+        self._rng = random.Random(self.seed)
+        self._ids = itertools.count(1)
+        self._buckets: dict[tuple[int, str], tuple[int, int]] = {}  # (fault, model) -> (second, used)
+        self._lock = threading.Lock()
+
+    def calls(self, model: str | None = None, status: int | None = None) -> int:
+        """How many requests reached the provider (optionally for one model or status)."""
+        return sum(1 for c in self.log if (model is None or c.model == model) and (status is None or c.status == status))
+
+    # --- entry point --------------------------------------------------------------------------
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> SimReply:
+        with self._lock:
+            t = self.clock.now() - self.started
+            request_id = f"req_sim_{next(self._ids)}"
+            try:
+                reply = self._route(method.upper(), path.rstrip("/"), {k.lower(): v for k, v in headers.items()}, body, t, request_id)
+            except ApiError as error:
+                reply = SimReply(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()))
+            reply.headers.setdefault("x-request-id", request_id)
+            reply.headers.setdefault("openai-processing-ms", str(round(reply.delay * 1000)))
+            return reply
+
+    def _route(self, method: str, path: str, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
+        path = path.split("?", 1)[0]
+        if path.startswith("/v1/"):
+            path = path[3:]
+        if method == "POST" and path == "/chat/completions":
+            return self._chat(headers, body, t, request_id)
+        if method == "GET" and path == "/models":
+            return self._ok({"object": "list", "data": [self._model_card(name) for name in MODELS]})
+        if method == "GET" and path.startswith("/models/"):
+            name = path.removeprefix("/models/")
+            if name not in MODELS:
+                raise ApiError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found")
+            return self._ok(self._model_card(name))
+        raise ApiError(404, f"Invalid URL ({method} /v1{path})")
+
+    @staticmethod
+    def _ok(data: Any) -> SimReply:
+        return SimReply(200, {"content-type": "application/json"}, _json(data))
+
+    @staticmethod
+    def _model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": CREATED_EPOCH, "owned_by": "course-lib-sim"}
+
+    # --- chat completions ---------------------------------------------------------------------
+    def _chat(self, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
+        try:
+            request = self._validate(headers, body)
+        except ApiError as error:
+            self.log.append(CallRecord(t, None, error.status))
+            raise
+        model, messages = request["model"], request["messages"]
+        prompt_tokens = count_prompt_tokens(messages, model)
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        window = MODELS[model].context_window
+        if prompt_tokens + (limit or 0) > window:
+            self.log.append(CallRecord(t, model, 400, None, prompt_tokens))
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt_tokens + (limit or 0)} tokens ({prompt_tokens} in the messages, {limit or 0} in the completion). "
+                "Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
+        fault = self._fault_for(model, t)
+        delay = fault.pop("delay")
+        if fault:
+            kind = fault["kind"]
+            if "action" in fault:
+                self.log.append(CallRecord(t, model, None, kind, prompt_tokens))
+                return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
+            error: ApiError = fault["error"]
+            self.log.append(CallRecord(t, model, error.status, kind, prompt_tokens))
+            return SimReply(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()), delay=delay)
+
+        text, finish, completion_tokens = self._reply(model, messages, limit)
+        self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        common = {"id": "chatcmpl-" + request_id.removeprefix("req_"), "created": CREATED_EPOCH + int(t), "model": model,
+                  "system_fingerprint": "fp_course_lib_sim"}
+        if request.get("stream"):
+            include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+            return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
+                            chunks=self._stream(common, model, text, finish, usage if include_usage else None), delay=delay)
+        message = {"role": "assistant", "content": text, "refusal": None}
+        completion = {**common, "object": "chat.completion", "usage": usage,
+                      "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=delay)
+
+    def _validate(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise ApiError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.", code="invalid_api_key")
+        try:
+            request = json.loads(body or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ApiError(400, f"We could not parse the JSON body of your request ({error}).") from None
+        if not isinstance(request, dict):
+            raise ApiError(400, "The request body must be a JSON object.")
+        model = request.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(400, "You must provide a model parameter.", param="model")
+        if model not in MODELS:
+            raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found")
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty array of message objects.", param="messages")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
+                got = message.get("role") if isinstance(message, dict) else message
+                raise ApiError(400, f"Invalid value for 'messages[{i}].role': {got!r}; expected one of {sorted(ROLES)}.",
+                               param=f"messages[{i}].role")
+            if not isinstance(message.get("content"), (str, list, type(None))):
+                raise ApiError(400, f"Invalid type for 'messages[{i}].content': expected a string or an array of parts.",
+                               param=f"messages[{i}].content")
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = request.get(name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ApiError(400, f"Invalid '{name}': expected an integer >= 1, got {value!r}.", param=name)
+        if request.get("n", 1) != 1:
+            raise ApiError(400, "The simulator supports only n=1.", param="n")
+        return request
+
+    def _fault_for(self, model: str, t: float) -> dict[str, Any]:
+        """The fault that decides this request ({} with only a delay if none does)."""
+        delay = 0.0
+        for index, fault in enumerate(self.plan.faults):
+            if not fault.covers(t, model) or (fault.rate < 1 and self._rng.random() >= fault.rate):
+                continue
+            if fault.kind == "latency":
+                delay += fault.seconds
+                continue
+            if fault.kind == "capacity":
+                second = math.floor(t)
+                start, used = self._buckets.get((index, model), (second, 0))
+                used = used if start == second else 0
+                if used < fault.per_second:
+                    self._buckets[(index, model)] = (second, used + 1)
+                    continue
+                error = (ApiError(429, "Rate limit reached: too many requests per second.", "requests", code="rate_limit_exceeded")
+                         if fault.status == 429 else ApiError(503, "The server is overloaded or not ready yet.", "server_error"))
+                return {"kind": fault.kind, "delay": delay, "error": error}
+            if fault.kind == "hang":
+                return {"kind": fault.kind, "delay": delay, "action": "hang", "hang_seconds": fault.seconds}
+            if fault.kind == "drop":
+                return {"kind": fault.kind, "delay": delay, "action": "drop"}
+            return {"kind": fault.kind, "delay": delay, "error": self._fault_error(fault)}
+        return {"delay": delay}
+
+    @staticmethod
+    def _fault_error(fault: Any) -> ApiError:
+        if fault.kind == "rate_limit":
+            wait = fault.retry_after
+            headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(round(wait * 1000))}
+            return ApiError(429, f"Rate limit reached for requests. Please try again in {wait:g}s.", "requests",
+                            code="rate_limit_exceeded", headers=headers)
+        if fault.kind == "quota":
+            return ApiError(429, "You exceeded your current quota, please check your plan and billing details.",
+                            "insufficient_quota", code="insufficient_quota")
+        messages = {500: "The server had an error while processing your request.", 502: "Bad gateway.",
+                    503: "The server is overloaded or not ready yet."}
+        return ApiError(fault.status, messages[fault.status], "server_error")
+
+    def _reply(self, model: str, messages: list[dict[str, Any]], limit: int | None) -> tuple[str, str, int]:
+        """Deterministic reply text for (seed, model, prompt), cut to `limit` tokens."""
+        prompt = json.dumps(messages, sort_keys=True)
+        rng = random.Random(hashlib.sha256(f"{self.seed}|{model}|{prompt}".encode()).digest())
+        words = [rng.choice(WORDS) for _ in range(rng.randint(12, 60))]
+        sentences, start = [], 0
+        while start < len(words):
+            end = min(len(words), start + rng.randint(6, 12))
+            sentence = " ".join(words[start:end])
+            sentences.append(sentence[0].upper() + sentence[1:] + ".")
+            start = end
+        text = " ".join(sentences)
+        tokens = encoding_for(model).encode(text)
+        if limit is not None and len(tokens) > limit:
+            return encoding_for(model).decode(tokens[:limit]), "length", limit
+        return text, "stop", len(tokens)
+
+    @staticmethod
+    def _stream(common: dict[str, Any], model: str, text: str, finish: str, usage: dict[str, int] | None) -> list[bytes]:
+        encoding = encoding_for(model)
+        tokens = encoding.encode(text)
+        pieces = [encoding.decode(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
+        extra = {"usage": None} if usage is not None else {}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return b"data: " + _json({**common, "object": "chat.completion.chunk", "choices": [choice], **extra}) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        events += [chunk({"content": piece}) for piece in pieces]
+        events.append(chunk({}, finish))
+        if usage is not None:
+            events.append(b"data: " + _json({**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return events

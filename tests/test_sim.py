@@ -1,0 +1,276 @@
+"""The simulated provider, through the real openai SDK: in-process on a virtual clock."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from course_lib.clock import VirtualClock
+from course_lib.llm import make_async_client, make_client
+from course_lib.sim import MODELS, FaultPlan, FaultPlanError, SimProvider, cost_usd, count_prompt_tokens, count_tokens
+
+HELLO = [{"role": "user", "content": "Hello, what is your refund policy?"}]
+
+
+def client_for(faults: list[dict], *, clock: VirtualClock | None = None, timeout: float = 30.0, seed: int = 0):
+    clock = clock or VirtualClock()
+    provider = SimProvider({"seed": seed, "faults": faults}, clock=clock)
+    return make_client(provider, timeout=timeout), provider, clock
+
+
+def ask(client: openai.OpenAI, model: str = "gpt-4o-mini", **options):
+    return client.chat.completions.create(model=model, messages=HELLO, **options)
+
+
+# --- answers --------------------------------------------------------------------------------
+def test_completion_has_real_token_counts() -> None:
+    client, provider, _ = client_for([])
+    reply = ask(client, "gpt-4o")
+    text = reply.choices[0].message.content
+    assert reply.usage.prompt_tokens == count_prompt_tokens(HELLO, "gpt-4o") == 3 + 3 + count_tokens("user", "gpt-4o") + count_tokens(HELLO[0]["content"], "gpt-4o")
+    assert reply.usage.completion_tokens == count_tokens(text, "gpt-4o")
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.choices[0].finish_reason == "stop" and reply.model == "gpt-4o"
+    assert [(c.model, c.status, c.completion_tokens) for c in provider.log] == [("gpt-4o", 200, reply.usage.completion_tokens)]
+
+
+def test_reply_text_is_deterministic_per_seed() -> None:
+    first = ask(client_for([], seed=1)[0]).choices[0].message.content
+    again = ask(client_for([], seed=1)[0]).choices[0].message.content
+    other = ask(client_for([], seed=2)[0]).choices[0].message.content
+    assert first == again != other
+
+
+def test_max_tokens_cuts_the_reply() -> None:
+    client, _, _ = client_for([])
+    reply = ask(client, max_tokens=5)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 5 == count_tokens(reply.choices[0].message.content, "gpt-4o-mini")
+
+
+def test_streaming_gives_the_same_text_and_a_usage_chunk() -> None:
+    client, _, _ = client_for([])
+    whole = ask(client)
+    chunks = list(ask(client, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len(chunks) > 3
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_models_endpoint_lists_the_model_table() -> None:
+    client, _, _ = client_for([])
+    assert [m.id for m in client.models.list()] == list(MODELS)
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+
+
+def test_prices_follow_the_model_table() -> None:
+    assert cost_usd("gpt-4o", 1_000_000, 0) == 2.50
+    assert cost_usd("gpt-4o-mini", 1_000, 1_000) == pytest.approx((0.15 + 0.60) / 1000)
+
+
+# --- faults map to the SDK's real exception classes ---------------------------------------
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_outage_raises_internal_server_error(status: int) -> None:
+    client, _, _ = client_for([{"kind": "outage", "status": status}])
+    with pytest.raises(openai.InternalServerError) as raised:
+        ask(client)
+    assert raised.value.status_code == status and raised.value.type == "server_error"
+
+
+def test_rate_limit_sends_both_retry_after_headers() -> None:
+    client, _, _ = client_for([{"kind": "rate_limit", "retry_after": 2.5}])
+    with pytest.raises(openai.RateLimitError) as raised:
+        ask(client)
+    headers = raised.value.response.headers
+    assert (headers["retry-after"], headers["retry-after-ms"]) == ("3", "2500")
+    assert raised.value.code == "rate_limit_exceeded"
+
+
+def test_quota_is_a_rate_limit_error_with_its_own_code_and_no_retry_after() -> None:
+    client, _, _ = client_for([{"kind": "quota"}])
+    with pytest.raises(openai.RateLimitError) as raised:
+        ask(client)
+    assert raised.value.code == "insufficient_quota"
+    assert "retry-after" not in raised.value.response.headers
+
+
+def test_capacity_refuses_beyond_the_per_second_limit_and_refills_next_second() -> None:
+    client, provider, clock = client_for([{"kind": "capacity", "per_second": 2, "status": 503}])
+    outcomes = []
+    for _ in range(3):
+        try:
+            ask(client)
+            outcomes.append(200)
+        except openai.InternalServerError as error:
+            outcomes.append(error.status_code)
+    clock.advance(1)
+    ask(client)
+    assert outcomes == [200, 200, 503]
+    assert provider.calls(status=200) == 3
+
+
+def test_hang_times_out_after_exactly_the_client_timeout() -> None:
+    client, provider, clock = client_for([{"kind": "hang"}], timeout=7.5)
+    with pytest.raises(openai.APITimeoutError):
+        ask(client)
+    assert clock.now() == 7.5
+    assert provider.log[0].status is None and provider.log[0].fault == "hang"
+
+
+def test_latency_delays_the_answer_on_the_clock() -> None:
+    client, _, clock = client_for([{"kind": "latency", "seconds": 1.25}, {"kind": "latency", "seconds": 0.5, "models": ["gpt-4o"]}])
+    ask(client, "gpt-4o-mini")
+    assert clock.now() == 1.25
+    ask(client, "gpt-4o")
+    assert clock.now() == 1.25 + 1.75
+
+
+def test_latency_longer_than_the_timeout_is_a_timeout() -> None:
+    client, _, clock = client_for([{"kind": "latency", "seconds": 20}], timeout=5)
+    with pytest.raises(openai.APITimeoutError):
+        ask(client)
+    assert clock.now() == 5
+
+
+def test_drop_is_a_connection_error_not_a_timeout() -> None:
+    client, _, _ = client_for([{"kind": "drop"}])
+    with pytest.raises(openai.APIConnectionError) as raised:
+        ask(client)
+    assert not isinstance(raised.value, openai.APITimeoutError)
+
+
+def test_faults_apply_in_their_window_and_to_their_models_only() -> None:
+    client, _, clock = client_for([{"kind": "outage", "start": 10, "end": 20, "models": ["gpt-4o"]}])
+    ask(client, "gpt-4o")  # before the window
+    clock.advance(10)
+    ask(client, "gpt-4o-mini")  # other model
+    with pytest.raises(openai.InternalServerError):
+        ask(client, "gpt-4o")
+    clock.advance(10)
+    ask(client, "gpt-4o")  # window over (end is exclusive)
+
+
+def test_rate_hits_a_seeded_fraction_of_requests() -> None:
+    def statuses(seed: int) -> list[int]:
+        client, provider, _ = client_for([{"kind": "outage", "rate": 0.5}], seed=seed)
+        for _ in range(200):
+            try:
+                ask(client)
+            except openai.InternalServerError:
+                pass
+        return [c.status for c in provider.log]
+
+    first = statuses(3)
+    assert first == statuses(3) != statuses(4)
+    assert 70 <= first.count(503) <= 130
+
+
+# --- request errors ------------------------------------------------------------------------
+def test_context_length_exceeded_names_both_numbers() -> None:
+    client, _, _ = client_for([])
+    long = [{"role": "user", "content": "refund " * 17_000}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="gpt-3.5-turbo", messages=long)
+    assert raised.value.code == "context_length_exceeded"
+    assert "maximum context length is 16385 tokens" in raised.value.message
+    client.chat.completions.create(model="gpt-4o", messages=long)  # a larger window takes it
+
+
+def test_requested_completion_counts_toward_the_context_window() -> None:
+    client, _, _ = client_for([])
+    with pytest.raises(openai.BadRequestError, match="in the completion"):
+        ask(client, "gpt-4o", max_tokens=128_000)
+
+
+@pytest.mark.parametrize(
+    ("request_options", "error", "param"),
+    [
+        ({"model": "gpt-5-turbo", "messages": HELLO}, openai.NotFoundError, None),
+        ({"model": "gpt-4o", "messages": []}, openai.BadRequestError, "messages"),
+        ({"model": "gpt-4o", "messages": [{"role": "wizard", "content": "hi"}]}, openai.BadRequestError, "messages[0].role"),
+        ({"model": "gpt-4o", "messages": HELLO, "max_tokens": 0}, openai.BadRequestError, "max_tokens"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(request_options: dict, error: type, param: str | None) -> None:
+    client, provider, _ = client_for([{"kind": "outage"}])  # request errors win over faults
+    with pytest.raises(error) as raised:
+        client.chat.completions.create(**request_options)
+    assert raised.value.param == param
+    if error is openai.NotFoundError:
+        assert raised.value.code == "model_not_found"
+
+
+def test_the_sdk_retries_on_its_own_unless_told_not_to() -> None:
+    provider = SimProvider({"faults": [{"kind": "rate_limit", "retry_after": 0.01}]}, clock=VirtualClock())
+    with pytest.raises(openai.RateLimitError):
+        ask(make_client(provider, max_retries=2))
+    assert provider.calls() == 3
+    with pytest.raises(openai.RateLimitError):
+        ask(make_client(provider))
+    assert provider.calls() == 4
+
+
+# --- async client ------------------------------------------------------------------------------
+async def test_async_client_sees_the_same_answers_and_faults() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "outage", "end": 1}, {"kind": "hang", "start": 1, "end": 2},
+                                       {"kind": "latency", "start": 5, "seconds": 0.5}]}, clock=clock)
+    client = make_async_client(provider, timeout=3)
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    clock.advance(1)
+    with pytest.raises(openai.APITimeoutError):
+        await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert clock.now() == 4
+    clock.advance(1)
+    reply = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert clock.now() == 5.5
+    assert reply.choices[0].message.content == ask(make_client(SimProvider())).choices[0].message.content
+    stream = await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True)
+    assert "".join([c.choices[0].delta.content or "" async for c in stream]) == reply.choices[0].message.content
+
+
+# --- fault plans ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ({"faults": [{"kind": "outage"}, {"kind": "rate_limit", "retry_after": -1}]}, "faults[1] (rate_limit): retry_after: Input should be greater than 0, got -1"),
+        ({"faults": [{"kind": "outage", "status": 404}]}, "faults[0] (outage): status: Input should be 500, 502 or 503, got 404"),
+        ({"faults": [{"kind": "outage", "start": 5, "end": 2}]}, "faults[0] (outage): end (2) must be after start (5)"),
+        ({"faults": [{"kind": "latency"}]}, "faults[0] (latency): seconds: Field required"),
+        ({"faults": [{"kind": "outage", "models": ["gpt-5"]}]}, "faults[0] (outage): models: unknown model(s) ['gpt-5']"),
+        ({"faults": [{"kind": "outage", "rate": 2}]}, "faults[0] (outage): rate: Input should be less than or equal to 1, got 2"),
+        ({"faults": [{"kind": "meteor"}]}, "faults[0] (meteor): Input tag 'meteor'"),
+        ({"faults": [{"kind": "drop", "colour": "red"}]}, "faults[0] (drop): colour: Extra inputs are not permitted"),
+    ],
+)
+def test_a_malformed_plan_names_the_entry_and_field(plan: dict, message: str) -> None:
+    with pytest.raises(FaultPlanError) as raised:
+        FaultPlan.parse(plan)
+    assert message in str(raised.value)
+
+
+def test_plans_load_from_json_files(tmp_path) -> None:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"seed": 4, "faults": [{"kind": "outage", "end": 3}]}))
+    assert FaultPlan.from_file(path).faults[0].end == 3
+    path.write_text("{not json")
+    with pytest.raises(FaultPlanError, match="not valid JSON"):
+        FaultPlan.from_file(path)
+
+
+def test_real_endpoint_needs_an_explicit_opt_in_and_a_key_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("COURSE_LIB_REAL_LLM", raising=False)
+    assert make_client().base_url.host == "sim.local"  # default: simulated
+    monkeypatch.setenv("COURSE_LIB_REAL_LLM", "1")
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY is not set"):
+        make_client()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    real = make_client()
+    assert (real.base_url.host, real.api_key, real.max_retries) == ("127.0.0.1", "sk-test", 0)
