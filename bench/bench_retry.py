@@ -27,31 +27,38 @@ async def async_target() -> int:
     return 42
 
 
-def per_call_ns(fn) -> float:
-    """Best of REPEATS runs of CALLS calls, in nanoseconds per call (the minimum is least noisy)."""
-    fn()
-    return min(timeit.repeat(fn, number=CALLS, repeat=REPEATS)) / CALLS * 1e9
+def per_call_ns(*fns, batched: bool = False) -> list[float]:
+    """Best of REPEATS runs of CALLS calls for each fn, in ns per call (a batched fn makes the
+    CALLS calls itself). The runs alternate between the fns so that drift in machine speed
+    hits all of them alike."""
+    number = 1 if batched else CALLS
+    best = [float("inf")] * len(fns)
+    for fn in fns:
+        fn()
+    for _ in range(REPEATS):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], timeit.timeit(fn, number=number) / CALLS * 1e9)
+    return best
 
 
-def per_async_call_ns(fn) -> float:
-    async def many() -> None:
-        for _ in range(CALLS):
-            await fn()
+def per_async_call_ns(*fns) -> list[float]:
+    def batch(fn):
+        async def many() -> None:
+            for _ in range(CALLS):
+                await fn()
 
-    run = lambda: asyncio.run(many())  # noqa: E731
-    run()
-    return min(timeit.repeat(run, number=1, repeat=REPEATS)) / CALLS * 1e9
+        return lambda: asyncio.run(many())
+
+    return per_call_ns(*(batch(fn) for fn in fns), batched=True)
 
 
 def main() -> None:
     policy = RetryPolicy(max_attempts=3, base_delay=0.1, jitter="full")
     theirs = tenacity.retry(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_random_exponential(multiplier=0.1), reraise=True)
 
-    bare, abare = per_call_ns(target), per_async_call_ns(async_target)
-    ours = per_call_ns(Retrier(policy).wrap(target)) - bare
-    tenacity_ns = per_call_ns(theirs(target)) - bare
-    aours = per_async_call_ns(Retrier(policy).wrap(async_target)) - abare
-    atenacity = per_async_call_ns(theirs(async_target)) - abare
+    bare, ours, tenacity_ns = per_call_ns(target, Retrier(policy).wrap(target), theirs(target))
+    abare, aours, atenacity = per_async_call_ns(async_target, Retrier(policy).wrap(async_target), theirs(async_target))
+    ours, tenacity_ns, aours, atenacity = ours - bare, tenacity_ns - bare, aours - abare, atenacity - abare
 
     print(f"sync : course_lib +{ours:.0f} ns, tenacity +{tenacity_ns:.0f} ns per call, ratio {ours / tenacity_ns:.3f}")
     print(f"async: course_lib +{aours:.0f} ns, tenacity +{atenacity:.0f} ns per call, ratio {aours / atenacity:.3f}")

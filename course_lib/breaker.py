@@ -348,13 +348,24 @@ class CircuitBreaker:
         except BaseException as exc:
             self.settle(ticket, exc)
             raise
+        if inspect.iscoroutine(result):
+            # An async callable that does not look like one: its outcome comes when awaited.
+            return self._settle_when_done(ticket, result)  # type: ignore[return-value]
         self.settle(ticket, None)
         return result
 
     async def _call_async(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         ticket = self.admit()
         try:
-            result = await fn(*args, **kwargs)
+            pending = fn(*args, **kwargs)
+        except BaseException as exc:
+            self.settle(ticket, exc)
+            raise
+        return await self._settle_when_done(ticket, pending)
+
+    async def _settle_when_done(self, ticket: Ticket, pending: Awaitable[R]) -> R:
+        try:
+            result = await pending
         except BaseException as exc:
             self.settle(ticket, exc)
             raise

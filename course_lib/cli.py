@@ -19,7 +19,11 @@ def _sim_serve(args: argparse.Namespace) -> int:
     except (FaultPlanError, OSError) as error:
         print(f"course-lib: cannot use plan {args.plan}: {error}", file=sys.stderr)
         return 2
-    server = serve(SimProvider(plan, seed=args.seed), args.host, args.port, verbose=args.verbose)
+    try:
+        server = serve(SimProvider(plan, seed=args.seed), args.host, args.port, verbose=args.verbose)
+    except OSError as error:
+        print(f"course-lib: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
+        return 2
     print(f"simulated OpenAI-compatible provider at {server.url} ({len(plan.faults)} fault(s) planned)", flush=True)
     try:
         server.serve_forever()

@@ -53,6 +53,9 @@ class VirtualClock:
     else ready to run, the earliest sleeper (ties broken by arrival order) is woken and time
     jumps to its deadline. Many concurrent async sleepers therefore wake in a fixed order,
     the same on every run.
+
+    Work a task waits for in a thread (or on a real socket) is invisible to the clock: while it
+    runs, the loop looks idle and time may jump. Keep virtually-timed code free of threads.
     """
 
     def __init__(self, start: float = 0.0) -> None:

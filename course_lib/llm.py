@@ -13,11 +13,14 @@ default, so a 3-attempt loop around a default client makes up to 3 x 3 = 9 calls
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 import openai
+from openai._base_client import get_platform
 
 from .sim.provider import SimProvider
 from .sim.transport import SimTransport
@@ -69,5 +72,15 @@ def make_async_client(provider: SimProvider | None = None, *, max_retries: int =
     if settings is not None:
         return openai.AsyncOpenAI(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
     transport = SimTransport(provider if provider is not None else SimProvider())
-    return openai.AsyncOpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
-                              http_client=httpx2.AsyncClient(transport=transport))
+    client = openai.AsyncOpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
+                                http_client=httpx2.AsyncClient(transport=transport))
+    # On its first request the SDK detects the platform in a worker thread. A thread runs on real
+    # time, so under a VirtualClock the wait would let time jump at a random moment and make runs
+    # differ. Detect it here once, synchronously, so simulated runs stay deterministic.
+    client._platform = _platform()
+    return client
+
+
+@functools.cache
+def _platform() -> Any:
+    return get_platform()

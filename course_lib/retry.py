@@ -298,16 +298,31 @@ class Retrier:
                 if delay is None:
                     raise
             else:
+                if inspect.iscoroutine(result):
+                    # An async callable that does not look like one (the SDK's async methods are
+                    # plain functions returning coroutines): continue on the async path.
+                    return self._call_async(fn, args, kwargs, run, (t0, result))  # type: ignore[return-value]
                 run.succeeded(t0)
                 return result
             self.clock.sleep(delay)
 
-    async def _call_async(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        run = _Run(self)
+    async def _call_async(
+        self,
+        fn: Callable[..., Awaitable[R]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run: _Run | None = None,
+        begun: tuple[float, Awaitable[R]] | None = None,
+    ) -> R:
+        """The async loop; `run` and `begun` carry over a first attempt the sync path started."""
+        run = run or _Run(self)
         while True:
-            t0 = run.begin()
+            if begun is not None:
+                (t0, attempt), begun = begun, None
+            else:
+                t0, attempt = run.begin(), None
             try:
-                result = await fn(*args, **kwargs)
+                result = await (attempt if attempt is not None else fn(*args, **kwargs))
             except Exception as exc:
                 delay = run.failed(exc, t0)
                 if delay is None:

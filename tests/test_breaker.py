@@ -363,3 +363,17 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+async def test_the_async_sdks_methods_are_settled_when_awaited() -> None:
+    from course_lib.llm import make_async_client
+    from course_lib.sim import SimProvider
+
+    clock = VirtualClock()
+    client = make_async_client(SimProvider({"faults": [{"kind": "outage"}]}, clock=clock))
+    breaker, events = make(clock, failure_threshold=2)
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await breaker.call(client.chat.completions.create, model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert [o.verdict for o in events.of(CallOutcome)] == ["failure", "failure"]
+    assert breaker.state == OPEN

@@ -390,3 +390,64 @@ def test_no_events_are_built_without_a_recorder() -> None:
     retrier = Retrier(RetryPolicy(max_attempts=3, jitter="none"), clock=clock)
     fn = Script(status_error(503), clock=clock)
     assert retrier.call(fn) == "ok" and retrier.on_event is None
+
+
+# --- through the real SDK against the simulated provider -----------------------------------
+from course_lib.llm import make_async_client, make_client  # noqa: E402
+from course_lib.sim import SimProvider  # noqa: E402
+
+HELLO = [{"role": "user", "content": "Where is my order?"}]
+
+
+def test_retries_a_real_outage_until_the_provider_recovers() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "outage", "start": 0, "end": 3, "status": 503}]}, clock=clock)
+    client = make_client(provider)
+    retrier, events = make(RetryPolicy(max_attempts=5, base_delay=1, jitter="none"), clock)
+
+    reply = retrier.call(client.chat.completions.create, model="gpt-4o-mini", messages=HELLO)
+    assert reply.choices[0].message.content
+    assert [(c.t, c.status) for c in provider.log] == [(0, 503), (1, 503), (3, 200)]
+    assert [a.status for a in events.of(Attempt)] == [503, 503, None]
+
+
+def test_honours_the_providers_retry_after_header() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "rate_limit", "start": 0, "end": 2, "retry_after": 2}]}, clock=clock)
+    retrier, events = make(RetryPolicy(max_attempts=3, base_delay=0.1), clock)
+    retrier.call(make_client(provider).chat.completions.create, model="gpt-4o-mini", messages=HELLO)
+    assert [(c.t, c.status) for c in provider.log] == [(0, 429), (2, 200)]
+    assert [(w.delay, w.reason) for w in events.of(Wait)] == [(2.0, "retry-after")]
+
+
+def test_sdk_retries_multiply_with_ours_unless_turned_off() -> None:
+    def calls(sdk_retries: int) -> int:
+        provider = SimProvider({"faults": [{"kind": "rate_limit", "retry_after": 0.001}]}, clock=VirtualClock())
+        retrier = Retrier(RetryPolicy(max_attempts=3), clock=provider.clock)
+        with pytest.raises(openai.RateLimitError):
+            retrier.call(make_client(provider, max_retries=sdk_retries).chat.completions.create, model="gpt-4o-mini", messages=HELLO)
+        return provider.calls()
+
+    assert (calls(2), calls(0)) == (9, 3)
+
+
+def test_quota_exhaustion_and_bad_requests_reach_the_provider_once() -> None:
+    for faults, model, error in [([{"kind": "quota"}], "gpt-4o-mini", openai.RateLimitError), ([], "gpt-4o-mni", openai.NotFoundError)]:
+        provider = SimProvider({"faults": faults}, clock=VirtualClock())
+        with pytest.raises(error):
+            Retrier(clock=provider.clock).call(make_client(provider).chat.completions.create, model=model, messages=HELLO)
+        assert provider.calls() == 1
+
+
+async def test_retries_the_async_sdks_methods_although_they_look_synchronous() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "outage", "end": 2}, {"kind": "drop", "start": 2, "end": 2.5}]}, clock=clock)
+    client = make_async_client(provider)
+    assert not inspect.iscoroutinefunction(client.chat.completions.create)  # the SDK wraps it
+    retrier, events = make(RetryPolicy(max_attempts=5, base_delay=1, jitter="none"), clock)
+
+    reply = await retrier.call(client.chat.completions.create, model="gpt-4o-mini", messages=HELLO)
+    assert reply.usage.total_tokens > 0
+    assert [(c.t, c.status, c.fault) for c in provider.log] == [(0, 503, "outage"), (1, 503, "outage"), (3, 200, None)]
+    wrapped = retrier.wrap(client.chat.completions.create)
+    assert (await wrapped(model="gpt-4o-mini", messages=HELLO)).choices

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import openai
@@ -182,8 +183,23 @@ def test_context_length_exceeded_names_both_numbers() -> None:
 
 def test_requested_completion_counts_toward_the_context_window() -> None:
     client, _, _ = client_for([])
-    with pytest.raises(openai.BadRequestError, match="in the completion"):
-        ask(client, "gpt-4o", max_tokens=128_000)
+    prompt = [{"role": "user", "content": "refund " * 13_000}]
+    assert count_prompt_tokens(prompt, "gpt-3.5-turbo") + 4_000 > MODELS["gpt-3.5-turbo"].context_window
+    client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt)  # fits without the reservation
+    with pytest.raises(openai.BadRequestError, match="4000 in the completion"):
+        client.chat.completions.create(model="gpt-3.5-turbo", messages=prompt, max_tokens=4_000)
+
+
+def test_max_tokens_above_the_models_output_limit_is_refused() -> None:
+    client, _, _ = client_for([])
+    with pytest.raises(openai.BadRequestError, match="from 1 to 16384 for gpt-4o") as raised:
+        ask(client, "gpt-4o", max_tokens=20_000)
+    assert raised.value.param == "max_tokens"
+
+
+def test_completion_ids_look_like_openais() -> None:
+    client, _, _ = client_for([])
+    assert ask(client).id.startswith("chatcmpl-sim-")
 
 
 @pytest.mark.parametrize(
@@ -212,6 +228,31 @@ def test_the_sdk_retries_on_its_own_unless_told_not_to() -> None:
     with pytest.raises(openai.RateLimitError):
         ask(make_client(provider))
     assert provider.calls() == 4
+
+
+async def test_fresh_async_clients_replay_identically() -> None:
+    """Many tasks on new clients at once: the SDK's first-request platform check must not let
+    virtual time jump at a moment that depends on thread timing."""
+
+    async def run() -> list[tuple[float, int | None]]:
+        clock = VirtualClock()
+        provider = SimProvider({"faults": [{"kind": "capacity", "per_second": 3}]}, clock=clock)
+
+        async def user(i: int) -> None:
+            client = make_async_client(provider)
+            for _ in range(3):
+                try:
+                    await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+                    return
+                except openai.InternalServerError:
+                    await clock.asleep(0.5 + (i % 4) * 0.25)
+
+        await asyncio.gather(*(user(i) for i in range(12)))
+        return [(c.t, c.status) for c in provider.log]
+
+    first = await run()
+    for _ in range(3):
+        assert await run() == first
 
 
 # --- async client ------------------------------------------------------------------------------
@@ -252,6 +293,13 @@ def test_a_malformed_plan_names_the_entry_and_field(plan: dict, message: str) ->
     with pytest.raises(FaultPlanError) as raised:
         FaultPlan.parse(plan)
     assert message in str(raised.value)
+
+
+def test_a_saved_plan_loads_back_unchanged(tmp_path) -> None:
+    plan = FaultPlan.parse({"seed": 3, "faults": [{"kind": "outage", "start": 5}, {"kind": "latency", "seconds": 1, "end": 9}]})
+    path = tmp_path / "plan.json"
+    path.write_text(plan.model_dump_json())  # the open end (infinity) is written as null
+    assert FaultPlan.from_file(path) == plan
 
 
 def test_plans_load_from_json_files(tmp_path) -> None:

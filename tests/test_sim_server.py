@@ -116,3 +116,11 @@ def test_the_cli_refuses_a_malformed_plan_naming_the_entry(tmp_path: Path) -> No
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "faults[1] (rate_limit): retry_after" in done.stderr
+
+
+def test_the_cli_reports_a_busy_port_in_one_line(server: SimServer) -> None:
+    done = subprocess.run([sys.executable, "-m", "course_lib.cli", "sim", "serve", "--port", str(server.port)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"course-lib: cannot listen on 127.0.0.1:{server.port}")
+    assert "Traceback" not in done.stderr

@@ -36,6 +36,11 @@ class _Fault(BaseModel):
     models: list[str] | None = None
     rate: float = Field(1.0, ge=0, le=1)
 
+    @field_validator("end", mode="before")
+    @classmethod
+    def _open_ended(cls, end: Any) -> Any:
+        return math.inf if end is None else end  # JSON has no infinity: a saved plan writes null
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str] | None) -> list[str] | None:

@@ -167,7 +167,7 @@ class SimProvider:
         text, finish, completion_tokens = self._reply(model, messages, limit)
         self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-        common = {"id": "chatcmpl-" + request_id.removeprefix("req_"), "created": CREATED_EPOCH + int(t), "model": model,
+        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": CREATED_EPOCH + int(t), "model": model,
                   "system_fingerprint": "fp_course_lib_sim"}
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -204,10 +204,11 @@ class SimProvider:
             if not isinstance(message.get("content"), (str, list, type(None))):
                 raise ApiError(400, f"Invalid type for 'messages[{i}].content': expected a string or an array of parts.",
                                param=f"messages[{i}].content")
+        most = MODELS[model].max_output_tokens
         for name in ("max_tokens", "max_completion_tokens"):
             value = request.get(name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ApiError(400, f"Invalid '{name}': expected an integer >= 1, got {value!r}.", param=name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most):
+                raise ApiError(400, f"Invalid '{name}': expected an integer from 1 to {most} for {model}, got {value!r}.", param=name)
         if request.get("n", 1) != 1:
             raise ApiError(400, "The simulator supports only n=1.", param="n")
         return request
