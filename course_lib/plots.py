@@ -90,7 +90,7 @@ def fleet_chart(
     Each panel's title gives the total calls and the time the last client got its answer.
     """
     names = list(attempts_by_strategy)
-    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(9, 1.9 * len(names)), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, sharex=True, sharey=True, figsize=(9, 1.9 * len(names)), layout="constrained", squeeze=False)
     end = max((a.t for attempts in attempts_by_strategy.values() for a in attempts), default=0.0) + bin_width
     bins = [i * bin_width for i in range(int(end / bin_width) + 2)]
 
