@@ -301,7 +301,7 @@ class Retrier:
                 if inspect.iscoroutine(result):
                     # An async callable that does not look like one (the SDK's async methods are
                     # plain functions returning coroutines): continue on the async path.
-                    return self._call_async(fn, args, kwargs, run, (t0, result))  # type: ignore[return-value]
+                    return self._call_async(fn, args, kwargs, run, (t0, result))  # type: ignore[arg-type,return-value]
                 run.succeeded(t0)
                 return result
             self.clock.sleep(delay)

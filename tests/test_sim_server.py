@@ -91,9 +91,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_cli_serves_the_provider_to_any_client(tmp_path: Path) -> None:
+def test_the_cli_serves_the_provider_and_its_faults_to_any_client(tmp_path: Path) -> None:
+    """`course-lib sim serve` as a real process: one fault per model, each reaching the SDK as
+    its own exception class (hangs are covered above; a model is needed for the success)."""
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"faults": [{"kind": "outage", "status": 503, "models": ["gpt-4o"]}]}))
+    plan.write_text(json.dumps({"faults": [
+        {"kind": "outage", "status": 503, "models": ["gpt-4o"]},
+        {"kind": "rate_limit", "retry_after": 2, "models": ["gpt-4.1"]},
+        {"kind": "quota", "models": ["gpt-4.1-mini"]},
+        {"kind": "drop", "models": ["gpt-3.5-turbo"]},
+    ]}))
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "course_lib.cli", "sim", "serve", "--port", str(port), "--plan", str(plan)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -102,8 +109,13 @@ def test_the_cli_serves_the_provider_to_any_client(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}/v1" in banner
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content
-        with pytest.raises(openai.InternalServerError):
-            client.chat.completions.create(model="gpt-4o", messages=HELLO)
+        expected = {"gpt-4o": openai.InternalServerError, "gpt-4.1": openai.RateLimitError,
+                    "gpt-4.1-mini": openai.RateLimitError, "gpt-3.5-turbo": openai.APIConnectionError}
+        for model, error in expected.items():
+            with pytest.raises(error) as raised:
+                client.chat.completions.create(model=model, messages=HELLO)
+            assert type(raised.value) is error
+            assert (getattr(raised.value, "code", None) == "insufficient_quota") == (model == "gpt-4.1-mini")
     finally:
         process.terminate()
         process.wait(timeout=10)

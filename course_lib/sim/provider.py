@@ -160,9 +160,9 @@ class SimProvider:
             if "action" in fault:
                 self.log.append(CallRecord(t, model, None, kind, prompt_tokens))
                 return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
-            error: ApiError = fault["error"]
-            self.log.append(CallRecord(t, model, error.status, kind, prompt_tokens))
-            return SimReply(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()), delay=delay)
+            refusal: ApiError = fault["error"]
+            self.log.append(CallRecord(t, model, refusal.status, kind, prompt_tokens))
+            return SimReply(refusal.status, {"content-type": "application/json", **refusal.headers}, _json(refusal.body()), delay=delay)
 
         text, finish, completion_tokens = self._reply(model, messages, limit)
         self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))

@@ -71,7 +71,7 @@ class SimServer:
     def __init__(self, provider: SimProvider, host: str = "127.0.0.1", port: int = 0, *, verbose: bool = False) -> None:
         self.provider = provider
         self._server = _Server((host, port), provider, verbose)
-        self.host, self.port = self._server.server_address[:2]
+        self.host, self.port = host, self._server.server_port
         self.url = f"http://{self.host}:{self.port}/v1"
         self._thread: threading.Thread | None = None
 
