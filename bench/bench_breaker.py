@@ -11,30 +11,19 @@ from __future__ import annotations
 import json
 import threading
 import time
-import timeit
 from importlib.metadata import version
 
 import pybreaker
 
+from _timing import per_call_ns
+
 from course_lib.breaker import CircuitBreaker
 
-CALLS, REPEATS, THREADS, CALL_SECONDS = 20_000, 7, 8, 0.05
+THREADS, CALL_SECONDS = 8, 0.05
 
 
 def target() -> int:
     return 42
-
-
-def per_call_ns(*fns) -> list[float]:
-    """Best of REPEATS runs of CALLS calls for each fn, in ns per call. The runs alternate
-    between the fns so that drift in machine speed hits all of them alike."""
-    best = [float("inf")] * len(fns)
-    for fn in fns:
-        fn()
-    for _ in range(REPEATS):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], timeit.timeit(fn, number=CALLS) / CALLS * 1e9)
-    return best
 
 
 def concurrent_seconds(call) -> float:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import timeit
 from importlib.metadata import version
 
 import tenacity
 
+from _timing import CALLS, per_call_ns
+
 from course_lib.retry import Retrier, RetryPolicy
 
-CALLS, REPEATS = 20_000, 7
 
 
 def target() -> int:
@@ -25,20 +25,6 @@ def target() -> int:
 
 async def async_target() -> int:
     return 42
-
-
-def per_call_ns(*fns, batched: bool = False) -> list[float]:
-    """Best of REPEATS runs of CALLS calls for each fn, in ns per call (a batched fn makes the
-    CALLS calls itself). The runs alternate between the fns so that drift in machine speed
-    hits all of them alike."""
-    number = 1 if batched else CALLS
-    best = [float("inf")] * len(fns)
-    for fn in fns:
-        fn()
-    for _ in range(REPEATS):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], timeit.timeit(fn, number=number) / CALLS * 1e9)
-    return best
 
 
 def per_async_call_ns(*fns) -> list[float]:

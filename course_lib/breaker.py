@@ -19,17 +19,17 @@ between processes (`course_lib.breaker_redis.RedisState`).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import openai
 
+from ._wrapping import CallWrapper
 from .clock import SYSTEM_CLOCK, Clock
 from .events import CallOutcome, Event, EventSink, Rejected, StateChange
 
@@ -48,7 +48,6 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 Verdict = Literal["success", "failure", "ignored"]
 Moves = list[tuple[str, str, str]]
 NO_MOVES: Moves = []  # shared and never appended to: the common case allocates nothing
-P = ParamSpec("P")
 R = TypeVar("R")
 
 
@@ -250,7 +249,7 @@ class LocalState:
 
 
 # --- the breaker ------------------------------------------------------------------------------
-class CircuitBreaker:
+class CircuitBreaker(CallWrapper):
     """Guards calls with a breaker. Use `call(fn, ...)`, or `wrap(fn)` / `@breaker`; both take
     sync and async callables."""
 
@@ -316,30 +315,6 @@ class CircuitBreaker:
             name = type(error).__name__ if error is not None else None
             self._emit(now, NO_MOVES, CallOutcome(started, self.name, admitted_in, verdict, duration, name))
             self._emit(now, moves)
-
-    def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """Call `fn(*args, **kwargs)` through the breaker; for an async `fn`, an awaitable."""
-        if inspect.iscoroutinefunction(fn):
-            return self._call_async(fn, args, kwargs)  # type: ignore[return-value]
-        return self._call_sync(fn, args, kwargs)
-
-    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """A function like `fn` (sync or async) whose every call goes through the breaker."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                return await self._call_async(fn, args, kwargs)
-
-            return guarded_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self._call_sync(fn, args, kwargs)
-
-        return guarded  # type: ignore[return-value]
-
-    __call__ = wrap
 
     def _call_sync(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         ticket = self.admit()

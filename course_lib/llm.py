@@ -54,30 +54,32 @@ def _real_settings(real: bool | None) -> LLMSettings | None:
     return settings
 
 
+def _client(sdk_class: type[Any], http_class: type[Any], provider: SimProvider | None, max_retries: int, timeout: float,
+            real: bool | None) -> Any:
+    settings = _real_settings(real) if provider is None else None
+    if settings is not None:
+        return sdk_class(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
+    transport = SimTransport(provider if provider is not None else SimProvider())
+    return sdk_class(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
+                     http_client=http_class(transport=transport))
+
+
 def make_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
                 real: bool | None = None) -> openai.OpenAI:
     """A sync client: the simulated `provider` (a fresh one if None) unless a real one is opted in."""
-    settings = _real_settings(real) if provider is None else None
-    if settings is not None:
-        return openai.OpenAI(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
-    transport = SimTransport(provider if provider is not None else SimProvider())
-    return openai.OpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
-                         http_client=httpx2.Client(transport=transport))
+    client: openai.OpenAI = _client(openai.OpenAI, httpx2.Client, provider, max_retries, timeout, real)
+    return client
 
 
 def make_async_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
                       real: bool | None = None) -> openai.AsyncOpenAI:
     """The async twin of `make_client`."""
-    settings = _real_settings(real) if provider is None else None
-    if settings is not None:
-        return openai.AsyncOpenAI(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
-    transport = SimTransport(provider if provider is not None else SimProvider())
-    client = openai.AsyncOpenAI(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
-                                http_client=httpx2.AsyncClient(transport=transport))
-    # On its first request the SDK detects the platform in a worker thread. A thread runs on real
-    # time, so under a VirtualClock the wait would let time jump at a random moment and make runs
-    # differ. Detect it here once, synchronously, so simulated runs stay deterministic.
-    client._platform = _platform()
+    client: openai.AsyncOpenAI = _client(openai.AsyncOpenAI, httpx2.AsyncClient, provider, max_retries, timeout, real)
+    if client.base_url.host == "sim.local":
+        # On its first request the SDK detects the platform in a worker thread. A thread runs on
+        # real time, so under a VirtualClock the wait would let time jump at a random moment and
+        # make runs differ. Detect it here once, synchronously, so simulated runs stay deterministic.
+        client._platform = _platform()
     return client
 
 

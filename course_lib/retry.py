@@ -14,7 +14,6 @@ with `max_retries=0` (see `course_lib.llm`) or every retry here multiplies the S
 
 from __future__ import annotations
 
-import functools
 import inspect
 import itertools
 import math
@@ -29,6 +28,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import openai
 
+from ._wrapping import CallWrapper
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Attempt, EventSink, GiveUp, Wait
 
@@ -238,7 +238,7 @@ class _Run:
         return delay
 
 
-class Retrier:
+class Retrier(CallWrapper):
     """Runs callables under a `RetryPolicy`. Use `call(fn, ...)` once, or `wrap(fn)` (also
     spelled `@retrier`) to get a function that retries every time; both accept sync and async.
     """
@@ -262,30 +262,6 @@ class Retrier:
         self.rng = random.Random(seed)
         self.name = name
         self._call_ids = itertools.count(1)
-
-    def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
-        """Call `fn(*args, **kwargs)` with retries; for an async `fn`, returns an awaitable."""
-        if inspect.iscoroutinefunction(fn):
-            return self._call_async(fn, args, kwargs)  # type: ignore[return-value]
-        return self._call_sync(fn, args, kwargs)
-
-    def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """A function like `fn` (sync or async) that retries on every call."""
-        if inspect.iscoroutinefunction(fn):
-
-            @functools.wraps(fn)
-            async def retrying_async(*args: Any, **kwargs: Any) -> Any:
-                return await self._call_async(fn, args, kwargs)
-
-            return retrying_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def retrying(*args: Any, **kwargs: Any) -> Any:
-            return self._call_sync(fn, args, kwargs)
-
-        return retrying  # type: ignore[return-value]
-
-    __call__ = wrap
 
     def _call_sync(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         run = _Run(self)
