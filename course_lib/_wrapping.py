@@ -1,4 +1,4 @@
-"""The sync/async plumbing that every call-wrapping pattern shares."""
+"""What every call-wrapping pattern shares: sync/async plumbing and configuration checks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def check(ok: bool, field: str, limit: str, value: object) -> None:
+    """Refuse a configuration value with a message naming the field and the limit."""
+    if not ok:
+        raise ValueError(f"{field} must be {limit}, got {value!r}")
 
 
 class CallWrapper:

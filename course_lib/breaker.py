@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import openai
 
-from ._wrapping import CallWrapper
+from ._wrapping import CallWrapper, check
 from .clock import SYSTEM_CLOCK, Clock
 from .events import CallOutcome, Event, EventSink, Rejected, StateChange
 
@@ -49,11 +49,6 @@ Verdict = Literal["success", "failure", "ignored"]
 Moves = list[tuple[str, str, str]]
 NO_MOVES: Moves = []  # shared and never appended to: the common case allocates nothing
 R = TypeVar("R")
-
-
-def _check(ok: bool, field: str, limit: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{field} must be {limit}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,19 +75,19 @@ class BreakerPolicy:
     """Probe successes needed to close again."""
 
     def __post_init__(self) -> None:
-        _check(self.trip_on in ("consecutive", "rate"), "trip_on", "'consecutive' or 'rate'", self.trip_on)
-        _check(isinstance(self.failure_threshold, int) and self.failure_threshold >= 1, "failure_threshold", ">= 1", self.failure_threshold)
-        _check(0 < self.failure_rate <= 1, "failure_rate", "in (0, 1]", self.failure_rate)
-        _check(isinstance(self.minimum_calls, int) and self.minimum_calls >= 1, "minimum_calls", ">= 1", self.minimum_calls)
-        _check(self.window in ("count", "time"), "window", "'count' or 'time'", self.window)
-        _check(math.isfinite(self.window_size) and self.window_size > 0, "window_size", "> 0", self.window_size)
+        check(self.trip_on in ("consecutive", "rate"), "trip_on", "'consecutive' or 'rate'", self.trip_on)
+        check(isinstance(self.failure_threshold, int) and self.failure_threshold >= 1, "failure_threshold", ">= 1", self.failure_threshold)
+        check(0 < self.failure_rate <= 1, "failure_rate", "in (0, 1]", self.failure_rate)
+        check(isinstance(self.minimum_calls, int) and self.minimum_calls >= 1, "minimum_calls", ">= 1", self.minimum_calls)
+        check(self.window in ("count", "time"), "window", "'count' or 'time'", self.window)
+        check(math.isfinite(self.window_size) and self.window_size > 0, "window_size", "> 0", self.window_size)
         if self.window == "count":
-            _check(float(self.window_size).is_integer(), "window_size", "a whole number of calls for window='count'", self.window_size)
-            _check(self.minimum_calls <= self.window_size, "minimum_calls", f"<= window_size ({self.window_size:g})", self.minimum_calls)
-        _check(self.slow_call_seconds is None or self.slow_call_seconds > 0, "slow_call_seconds", "> 0 or None", self.slow_call_seconds)
-        _check(math.isfinite(self.open_seconds) and self.open_seconds >= 0, "open_seconds", ">= 0", self.open_seconds)
-        _check(isinstance(self.half_open_probes, int) and self.half_open_probes >= 1, "half_open_probes", ">= 1", self.half_open_probes)
-        _check(isinstance(self.probes_to_close, int) and self.probes_to_close >= 1, "probes_to_close", ">= 1", self.probes_to_close)
+            check(float(self.window_size).is_integer(), "window_size", "a whole number of calls for window='count'", self.window_size)
+            check(self.minimum_calls <= self.window_size, "minimum_calls", f"<= window_size ({self.window_size:g})", self.minimum_calls)
+        check(self.slow_call_seconds is None or self.slow_call_seconds > 0, "slow_call_seconds", "> 0 or None", self.slow_call_seconds)
+        check(math.isfinite(self.open_seconds) and self.open_seconds >= 0, "open_seconds", ">= 0", self.open_seconds)
+        check(isinstance(self.half_open_probes, int) and self.half_open_probes >= 1, "half_open_probes", ">= 1", self.half_open_probes)
+        check(isinstance(self.probes_to_close, int) and self.probes_to_close >= 1, "probes_to_close", ">= 1", self.probes_to_close)
 
 
 def is_provider_failure(exc: BaseException) -> bool:

@@ -28,7 +28,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import openai
 
-from ._wrapping import CallWrapper
+from ._wrapping import CallWrapper, check
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Attempt, EventSink, GiveUp, Wait
 
@@ -47,11 +47,6 @@ JITTERS: tuple[JitterName, ...] = ("none", "full", "equal", "decorrelated")
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _check(ok: bool, field: str, limit: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{field} must be {limit}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +68,12 @@ class RetryPolicy:
     """Longest server-directed wait (Retry-After) we accept; longer hints are cut to this."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_attempts, int) and self.max_attempts >= 1, "max_attempts", ">= 1", self.max_attempts)
-        _check(math.isfinite(self.base_delay) and self.base_delay >= 0, "base_delay", ">= 0", self.base_delay)
-        _check(math.isfinite(self.max_delay) and self.max_delay >= self.base_delay, "max_delay", f">= base_delay ({self.base_delay})", self.max_delay)
-        _check(self.deadline is None or self.deadline > 0, "deadline", "> 0 or None", self.deadline)
-        _check(self.jitter in JITTERS, "jitter", f"one of {', '.join(JITTERS)}", self.jitter)
-        _check(math.isfinite(self.max_retry_after) and self.max_retry_after >= 0, "max_retry_after", ">= 0", self.max_retry_after)
+        check(isinstance(self.max_attempts, int) and self.max_attempts >= 1, "max_attempts", ">= 1", self.max_attempts)
+        check(math.isfinite(self.base_delay) and self.base_delay >= 0, "base_delay", ">= 0", self.base_delay)
+        check(math.isfinite(self.max_delay) and self.max_delay >= self.base_delay, "max_delay", f">= base_delay ({self.base_delay})", self.max_delay)
+        check(self.deadline is None or self.deadline > 0, "deadline", "> 0 or None", self.deadline)
+        check(self.jitter in JITTERS, "jitter", f"one of {', '.join(JITTERS)}", self.jitter)
+        check(math.isfinite(self.max_retry_after) and self.max_retry_after >= 0, "max_retry_after", ">= 0", self.max_retry_after)
 
     def backoff(self, retry_number: int, previous: float, rng: random.Random) -> float:
         """The wait before retry `retry_number` (1 = first retry); `previous` is the last wait."""
@@ -141,9 +136,9 @@ class RetryBudget:
     """
 
     def __init__(self, ratio: float = 0.2, *, min_retries: int = 10, window: float = 10.0, clock: Clock = SYSTEM_CLOCK) -> None:
-        _check(0 <= ratio <= 1, "ratio", "between 0 and 1", ratio)
-        _check(isinstance(min_retries, int) and min_retries >= 0, "min_retries", ">= 0", min_retries)
-        _check(window > 0, "window", "> 0", window)
+        check(0 <= ratio <= 1, "ratio", "between 0 and 1", ratio)
+        check(isinstance(min_retries, int) and min_retries >= 0, "min_retries", ">= 0", min_retries)
+        check(window > 0, "window", "> 0", window)
         self.ratio, self.min_retries, self.window, self.clock = ratio, min_retries, window, clock
         self._calls: deque[float] = deque()
         self._retries: deque[float] = deque()
