@@ -10,7 +10,8 @@
 closed -> open when failures reach the threshold (consecutive count, or a failure rate over a
 sliding window of calls or seconds); open -> half-open once `open_seconds` have passed on the
 injected monotonic clock; half-open admits at most `half_open_probes` calls at a time, closes
-after `probes_to_close` successes and reopens on a probe failure. A rejected call raises
+after `probes_to_close` successes and reopens on a probe failure (a probe unanswered for
+`probe_timeout` is presumed lost and its slot freed). A rejected call raises
 `BreakerOpen`, which says when the next probe may go. Only provider-side failures count; one
 user's malformed request (a 400) cannot open the breaker for everyone. The lock is held while
 deciding, never while the protected call runs. State can live in Redis to share one breaker
@@ -23,7 +24,7 @@ import inspect
 import math
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -73,6 +74,10 @@ class BreakerPolicy:
     """Probe calls allowed at the same time while half-open; every other caller is rejected."""
     probes_to_close: int = 1
     """Probe successes needed to close again."""
+    probe_timeout: float = 60.0
+    """A probe unanswered for this long is presumed lost (its caller died, or its coroutine was
+    never awaited); a new half-open round frees its slot, so one lost probe cannot wedge the
+    breaker half-open for ever."""
 
     def __post_init__(self) -> None:
         check(self.trip_on in ("consecutive", "rate"), "trip_on", "'consecutive' or 'rate'", self.trip_on)
@@ -88,13 +93,15 @@ class BreakerPolicy:
         check(math.isfinite(self.open_seconds) and self.open_seconds >= 0, "open_seconds", ">= 0", self.open_seconds)
         check(isinstance(self.half_open_probes, int) and self.half_open_probes >= 1, "half_open_probes", ">= 1", self.half_open_probes)
         check(isinstance(self.probes_to_close, int) and self.probes_to_close >= 1, "probes_to_close", ">= 1", self.probes_to_close)
+        check(math.isfinite(self.probe_timeout) and self.probe_timeout > 0, "probe_timeout", "> 0", self.probe_timeout)
 
 
 def is_provider_failure(exc: BaseException) -> bool:
-    """True when the provider, not the request, is at fault: 5xx, 429, 408, timeouts and
-    connection errors. Other 4xx and our own bugs say nothing about the provider's health."""
+    """True when the provider, not the request, is at fault: 5xx, 408, 409, 429, timeouts and
+    connection errors (what `retry.is_transient` retries, quota included). Other 4xx and our
+    own bugs say nothing about the provider's health."""
     if isinstance(exc, openai.APIStatusError):
-        return exc.status_code >= 500 or exc.status_code in (408, 429)
+        return exc.status_code >= 500 or exc.status_code in (408, 409, 429)
     return isinstance(exc, (openai.APIConnectionError, TimeoutError, ConnectionError))
 
 
@@ -165,7 +172,7 @@ class _FailureWindow:
         if policy.window == "time":
             self._forget_before(now - policy.window_size)
         calls = len(self.outcomes)
-        if calls >= policy.minimum_calls and self.failures >= policy.failure_rate * calls:
+        if calls >= policy.minimum_calls and self.failures / calls >= policy.failure_rate:  # 55/100 == 0.55; 0.55*100 > 55
             return f"failure rate {self.failures}/{calls} >= {float(policy.failure_rate)!r}"
         return None
 
@@ -181,7 +188,7 @@ class LocalState:
         self.policy = policy
         self.state = CLOSED
         self.generation = 0
-        self.opened_at = -math.inf
+        self.opened_at = self.half_opened_at = -math.inf
         self.probes_in_flight = 0
         self.probe_successes = 0
         self.window = _FailureWindow(policy)
@@ -194,13 +201,16 @@ class LocalState:
         self.probes_in_flight = self.probe_successes = 0
         if new == OPEN:
             self.opened_at = now
-        elif new == CLOSED:
+        elif new == HALF_OPEN:
+            self.half_opened_at = now
+        else:
             self.window.clear()
         return moves
 
     def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
+        generation = self.generation  # read first: if the state changes meanwhile, the ticket is stale
         if self.state == CLOSED:  # reading one attribute is atomic: no lock for the common case
-            return (self.generation, CLOSED, now), 0.0, NO_MOVES
+            return (generation, CLOSED, now), 0.0, NO_MOVES
         moves = NO_MOVES
         with self.lock:
             if self.state == OPEN:
@@ -210,7 +220,9 @@ class LocalState:
                 moves = self._move(HALF_OPEN, now, f"open for {float(self.policy.open_seconds)!r}s", moves)
             if self.state == HALF_OPEN:
                 if self.probes_in_flight >= self.policy.half_open_probes:
-                    return None, 0.0, moves
+                    if now < self.half_opened_at + self.policy.probe_timeout:
+                        return None, 0.0, moves
+                    moves = self._move(HALF_OPEN, now, f"probe unanswered for {float(self.policy.probe_timeout)!r}s", moves)
                 self.probes_in_flight += 1
             return (self.generation, self.state, now), 0.0, moves
 
@@ -263,6 +275,8 @@ class CircuitBreaker(CallWrapper):
         self.clock = clock
         self.on_event = on_event
         self.name = name
+        if getattr(state, "policy", self.policy) != self.policy:
+            raise ValueError(f"state.policy must equal the breaker's policy, got {state.policy!r}")  # type: ignore[union-attr]
         self.store: BreakerState = state if state is not None else LocalState(self.policy)
 
     @property
@@ -319,8 +333,11 @@ class CircuitBreaker(CallWrapper):
             self.settle(ticket, exc)
             raise
         if inspect.iscoroutine(result):
-            # An async callable that does not look like one: its outcome comes when awaited.
-            return self._settle_when_done(ticket, result)  # type: ignore[return-value]
+            # An async callable that does not look like one (the SDK's async methods). Nothing
+            # has run yet: give the slot back and take one when the coroutine is awaited, so a
+            # coroutine that is never awaited holds no probe slot.
+            self.store.settle(ticket, "ignored", self.clock.now())
+            return self._admit_when_awaited(result)  # type: ignore[return-value]
         self.settle(ticket, None)
         return result
 
@@ -330,6 +347,14 @@ class CircuitBreaker(CallWrapper):
             pending = fn(*args, **kwargs)
         except BaseException as exc:
             self.settle(ticket, exc)
+            raise
+        return await self._settle_when_done(ticket, pending)
+
+    async def _admit_when_awaited(self, pending: Coroutine[Any, Any, R]) -> R:
+        try:
+            ticket = self.admit()
+        except BreakerOpen:
+            pending.close()
             raise
         return await self._settle_when_done(ticket, pending)
 

@@ -3,7 +3,8 @@
     breaker = CircuitBreaker(policy, name="gpt-4o", state=RedisState(redis_client, "gpt-4o", policy))
 
 Each decision (admit, settle) is one Lua script, so concurrent processes cannot interleave
-half-way through a transition. Time comes from the Redis server (`TIME`) unless a clock is
+half-way through a transition. The client is synchronous: from async code each decision blocks
+the event loop for one Redis round trip (about 0.1 ms on loopback, longer if Redis stalls). Time comes from the Redis server (`TIME`) unless a clock is
 given (tests and notebooks pass a VirtualClock): app servers' clocks differ, Redis's is one.
 If Redis fails, the breaker decides locally for that call and says so in a warning log and a
 `StoreFallback` event; a broken cache never fails the call it was meant to protect.
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from .breaker import NO_MOVES, BreakerPolicy, LocalState, Moves, Ticket, Verdict
 from .clock import Clock
@@ -25,9 +27,12 @@ __all__ = ["RedisState"]
 
 log = logging.getLogger("course_lib.breaker")
 
-# Shared prelude: the time, and a helper that moves the breaker to a new state.
+# Shared prelude: the time, and a helper that moves the breaker to a new state. Times are
+# written with 17 significant digits: Lua's tostring keeps 14, which would round them and make
+# the shared breaker disagree with the local one about when an open period ends.
 _PRELUDE = """
 local h, window = KEYS[1], KEYS[2]
+local function num(x) return string.format('%.17g', x) end
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -41,24 +46,28 @@ local function move(new, reason)
   state, gen = new, gen + 1
   redis.call('HSET', h, 'state', new, 'gen', gen, 'probes', 0, 'successes', 0, 'consecutive', 0, 'failures', 0)
   redis.call('DEL', window)
-  if new == 'open' then redis.call('HSET', h, 'opened_at', tostring(now)) end
+  if new == 'open' then redis.call('HSET', h, 'opened_at', num(now)) end
+  if new == 'half-open' then redis.call('HSET', h, 'half_open_at', num(now)) end
 end
 """
 
-# ARGV: now, open_seconds, half_open_probes -> {admitted, retry_in, state, gen, now, moves...}
+# ARGV: now, open_seconds, half_open_probes, probe_timeout -> {admitted, retry_in, state, gen, now, moves...}
 _ADMIT = _PRELUDE + """
 if state == 'open' then
   local reopen_at = tonumber(redis.call('HGET', h, 'opened_at')) + tonumber(ARGV[2])
-  if now < reopen_at then return {0, tostring(reopen_at - now), state, gen, tostring(now)} end
+  if now < reopen_at then return {0, num(reopen_at - now), state, gen, num(now)} end
   move('half-open', 'open for ' .. ARGV[2] .. 's')
 end
 if state == 'half-open' then
   if tonumber(redis.call('HGET', h, 'probes') or '0') >= tonumber(ARGV[3]) then
-    return {0, '0', state, gen, tostring(now), unpack(moves)}
+    if now < tonumber(redis.call('HGET', h, 'half_open_at')) + tonumber(ARGV[4]) then
+      return {0, '0', state, gen, num(now), unpack(moves)}
+    end
+    move('half-open', 'probe unanswered for ' .. ARGV[4] .. 's')
   end
   redis.call('HINCRBY', h, 'probes', 1)
 end
-return {1, '0', state, gen, tostring(now), unpack(moves)}
+return {1, '0', state, gen, num(now), unpack(moves)}
 """
 
 # ARGV: now, gen, verdict, trip_on, failure_threshold, failure_rate, minimum_calls,
@@ -82,7 +91,7 @@ elseif state == 'closed' and verdict ~= 'ignored' then
     if streak >= tonumber(ARGV[5]) then move('open', streak .. ' consecutive failures') end
   else
     local size = tonumber(ARGV[9])
-    redis.call('RPUSH', window, tostring(now) .. (failed and ' 1' or ' 0'))
+    redis.call('RPUSH', window, num(now) .. (failed and ' 1' or ' 0'))
     if failed then redis.call('HINCRBY', h, 'failures', 1) end
     local function drop_oldest()
       local entry = redis.call('LPOP', window)
@@ -99,7 +108,7 @@ elseif state == 'closed' and verdict ~= 'ignored' then
     end
     local calls = redis.call('LLEN', window)
     local failures = tonumber(redis.call('HGET', h, 'failures') or '0')
-    if calls >= tonumber(ARGV[7]) and failures >= tonumber(ARGV[6]) * calls then
+    if calls >= tonumber(ARGV[7]) and failures / calls >= tonumber(ARGV[6]) then
       move('open', 'failure rate ' .. failures .. '/' .. calls .. ' >= ' .. ARGV[6])
     end
   end
@@ -109,7 +118,7 @@ return moves
 
 # -> state, opened_at (or ''), now
 _CURRENT = _PRELUDE + """
-return {state, redis.call('HGET', h, 'opened_at') or '', tostring(now)}
+return {state, redis.call('HGET', h, 'opened_at') or '', num(now)}
 """
 
 
@@ -141,8 +150,11 @@ class RedisState:
         prefix: str = "course_lib:breaker",
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
+        if isinstance(client, redis.asyncio.Redis):
+            raise TypeError("client must be a synchronous redis.Redis; RedisState does not support redis.asyncio clients yet")
         self.client, self.name, self.policy, self.clock = client, name, policy, clock
-        self.keys = [f"{prefix}:{name}", f"{prefix}:{name}:window"]
+        # One hash tag for both keys, so that a Redis Cluster keeps them in one slot for the scripts.
+        self.keys = [f"{{{prefix}:{name}}}", f"{{{prefix}:{name}}}:window"]
         self.on_event = on_event
         self.fallback = LocalState(policy)
         self._admit = client.register_script(_ADMIT)
@@ -161,7 +173,8 @@ class RedisState:
         policy = self.policy
         try:
             admitted, retry_in, state, gen, _, *moves = self._admit(
-                keys=self.keys, args=[self._now_arg(), _number(policy.open_seconds), policy.half_open_probes]
+                keys=self.keys,
+                args=[self._now_arg(), _number(policy.open_seconds), policy.half_open_probes, _number(policy.probe_timeout)],
             )
         except redis.RedisError as error:
             self._fall_back("admit", now, error)

@@ -120,8 +120,10 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     except ValueError:
         try:
             when = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
+        if when.tzinfo is None:  # asctime dates and "-0000" carry no zone; HTTP dates are GMT
+            when = when.replace(tzinfo=timezone.utc)
         # An HTTP-date is wall-clock time by definition; this is its one legitimate use here.
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
     return value if math.isfinite(value) and value >= 0 else None
@@ -153,7 +155,9 @@ class RetryBudget:
     def record_call(self) -> None:
         """Count a new call (its first attempt)."""
         with self._lock:
-            self._calls.append(self.clock.now())
+            now = self.clock.now()
+            self._forget_old(now)  # here too, or a service that never fails keeps every stamp
+            self._calls.append(now)
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False (and nothing taken) when it is spent."""

@@ -56,7 +56,7 @@ def test_minimum_calls_cannot_exceed_a_count_window() -> None:
 
 
 @pytest.mark.parametrize(("error", "counts"), [
-    (status_error(500), True), (status_error(503), True), (status_error(429), True),
+    (status_error(500), True), (status_error(503), True), (status_error(429), True), (status_error(409), True),
     (openai.APITimeoutError(request=REQUEST), True), (openai.APIConnectionError(request=REQUEST), True),
     (status_error(400), False), (status_error(404), False), (TypeError("bug"), False),
 ])
@@ -199,6 +199,48 @@ def test_outcomes_of_calls_admitted_before_a_transition_are_ignored() -> None:
     assert breaker.state == CLOSED
 
 
+def test_a_probe_that_never_answers_frees_its_slot_after_the_probe_timeout() -> None:
+    clock = VirtualClock()
+    breaker, events = make(clock, failure_threshold=1, open_seconds=5, probe_timeout=20)
+    fail(breaker)
+    clock.advance(5)
+    breaker.admit()  # a probe whose caller dies: never settled
+    clock.advance(19)
+    with pytest.raises(BreakerOpen):
+        succeed(breaker)
+    clock.advance(1)
+    assert succeed(breaker) == "ok"
+    assert breaker.state == CLOSED
+    assert moves(events)[-2:] == [(25, HALF_OPEN, HALF_OPEN), (25, HALF_OPEN, CLOSED)]
+
+
+def test_the_rate_trips_exactly_at_the_configured_fraction() -> None:
+    breaker, _ = make(VirtualClock(), trip_on="rate", failure_rate=0.55, window_size=100, minimum_calls=100)
+    for _ in range(45):
+        succeed(breaker)
+    for _ in range(54):
+        fail(breaker)
+    assert breaker.state == CLOSED  # 54/99 calls: not yet the minimum
+    fail(breaker)
+    assert breaker.state == OPEN  # 55/100 == 0.55, although 0.55 * 100 == 55.00000000000001
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")  # the misuse shown here
+def test_an_unawaited_coroutine_holds_no_probe_slot() -> None:
+    clock = VirtualClock()
+    breaker, _ = make(clock, failure_threshold=1, open_seconds=5)
+    fail(breaker)
+    clock.advance(5)
+
+    async def model() -> str:
+        return "answer"
+
+    pending = breaker.call(lambda: model())  # looks sync, returns a coroutine
+    pending.close()  # never awaited, as FallbackChain.call does with an async handler
+    assert breaker.call(lambda: "probe") == "probe"  # the slot was not taken
+    assert breaker.state == CLOSED
+
+
 # --- concurrency ------------------------------------------------------------------------------
 def test_half_open_probe_limit_holds_across_threads() -> None:
     clock = VirtualClock()
@@ -289,16 +331,18 @@ class BreakerMachine(RuleBasedStateMachine):
         trip_on=st.sampled_from(["consecutive", "rate"]),
         threshold=st.integers(1, 6),
         window_size=st.integers(2, 12),
-        rate=st.sampled_from([0.25, 0.5, 0.75, 1.0]),
+        rate=st.sampled_from([0.25, 0.5, 0.55, 0.75, 1.0]),
         probes=st.integers(1, 3),
         to_close=st.integers(1, 3),
         open_seconds=st.sampled_from([0.0, 1.0, 5.0]),
+        probe_timeout=st.sampled_from([1.0, 60.0]),
     )
-    def setup(self, trip_on, threshold, window_size, rate, probes, to_close, open_seconds) -> None:
+    def setup(self, trip_on, threshold, window_size, rate, probes, to_close, open_seconds, probe_timeout) -> None:
         self.clock = VirtualClock()
         self.policy = BreakerPolicy(
             trip_on=trip_on, failure_threshold=threshold, window_size=window_size, minimum_calls=min(threshold, window_size),
             failure_rate=rate, half_open_probes=probes, probes_to_close=to_close, open_seconds=open_seconds,
+            probe_timeout=probe_timeout,
         )
         self.events = Recorder()
         self.breaker = CircuitBreaker(self.policy, clock=self.clock, on_event=self.events)
@@ -320,6 +364,7 @@ class BreakerMachine(RuleBasedStateMachine):
                 assert rejected.retry_at == opened_at + self.policy.open_seconds
             else:
                 assert self._probes_in_flight() == self.policy.half_open_probes
+                assert self.clock.now() < self.breaker.store.half_opened_at + self.policy.probe_timeout
             return
         if opened_at is not None:  # admitted although the last move was to open: only once its time is up
             assert self.clock.now() >= opened_at + self.policy.open_seconds
@@ -344,7 +389,7 @@ class BreakerMachine(RuleBasedStateMachine):
             streak = len(verdicts) - (max((i for i, failed in enumerate(verdicts) if not failed), default=-1) + 1)
             return streak >= self.policy.failure_threshold
         recent = verdicts[-int(self.policy.window_size):]
-        return len(recent) >= self.policy.minimum_calls and sum(recent) >= self.policy.failure_rate * len(recent)
+        return len(recent) >= self.policy.minimum_calls and sum(recent) / len(recent) >= self.policy.failure_rate
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 5.0]))
     def advance(self, seconds: float) -> None:

@@ -122,8 +122,9 @@ def test_retry_after_is_read_from_either_header(headers: dict[str, str], expecte
     assert retry_after_seconds(status_error(429, headers=headers)) == expected
 
 
-def test_retry_after_as_an_http_date_means_seconds_from_now() -> None:
-    assert retry_after_seconds(status_error(503, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+@pytest.mark.parametrize("date", ["Wed, 21 Oct 2015 07:28:00 GMT", "Sun Nov  6 08:49:37 1994", "Wed, 21 Oct 2015 07:28:00 -0000"])
+def test_retry_after_as_an_http_date_means_seconds_from_now(date: str) -> None:
+    assert retry_after_seconds(status_error(503, headers={"retry-after": date})) == 0.0  # in the past: no wait
 
 
 # --- the loop, sync --------------------------------------------------------------------------
@@ -276,6 +277,15 @@ def test_budget_caps_retries_at_a_fraction_of_calls_during_an_outage() -> None:
     assert retries == 10  # 20% of 50 calls; without the budget it would be 150
     # every call ends on the budget: those that got a retry were refused their next one
     assert [g.reason for g in events.of(GiveUp)] == ["budget"] * 50
+
+
+def test_budget_forgets_calls_older_than_its_window_even_when_nothing_fails() -> None:
+    clock = VirtualClock()
+    budget = RetryBudget(window=10, clock=clock)
+    for _ in range(10_000):
+        budget.record_call()
+        clock.advance(1)
+    assert len(budget._calls) <= 10
 
 
 def test_budget_allows_min_retries_for_a_quiet_client_and_refills_after_the_window() -> None:
