@@ -17,11 +17,16 @@ def check(ok: bool, field: str, limit: str, value: object) -> None:
         raise ValueError(f"{field} must be {limit}, got {value!r}")
 
 
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions, also behind decorators that keep `__wrapped__` (the openai
+    SDK's async methods are plain functions wrapping an `async def`)."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
+
+
 class CallWrapper:
     """Gives a pattern `call(fn, ...)`, `wrap(fn)` and `@instance` for `def` and `async def`
-    alike; the pattern supplies `_call_sync` and `_call_async`. Callables that look synchronous
-    but return a coroutine (the openai SDK's async methods) are the pattern's `_call_sync` to
-    hand over to the async path."""
+    alike; the pattern supplies `_call_sync` and `_call_async`. A callable that hides that it is
+    async (a lambda returning a coroutine) reaches `_call_sync`, which must hand it over."""
 
     def _call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -31,13 +36,13 @@ class CallWrapper:
 
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call `fn(*args, **kwargs)` through the pattern; for an async `fn`, an awaitable."""
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
             return self._call_async(fn, args, kwargs)  # type: ignore[return-value]
         return self._call_sync(fn, args, kwargs)  # type: ignore[no-any-return]
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
         """A function like `fn` (sync or async) that goes through the pattern on every call."""
-        if inspect.iscoroutinefunction(fn):
+        if is_async_callable(fn):
 
             @functools.wraps(fn)
             async def wrapped_async(*args: Any, **kwargs: Any) -> Any:

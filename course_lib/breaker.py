@@ -333,9 +333,9 @@ class CircuitBreaker(CallWrapper):
             self.settle(ticket, exc)
             raise
         if inspect.iscoroutine(result):
-            # An async callable that does not look like one (the SDK's async methods). Nothing
-            # has run yet: give the slot back and take one when the coroutine is awaited, so a
-            # coroutine that is never awaited holds no probe slot.
+            # An async callable that does not look like one (a lambda returning a coroutine).
+            # Nothing has run yet: give the slot back and take one when the coroutine is
+            # awaited, so a coroutine that is never awaited holds no probe slot.
             self.store.settle(ticket, "ignored", self.clock.now())
             return self._admit_when_awaited(result)  # type: ignore[return-value]
         self.settle(ticket, None)

@@ -274,8 +274,8 @@ class Retrier(CallWrapper):
                     raise
             else:
                 if inspect.iscoroutine(result):
-                    # An async callable that does not look like one (the SDK's async methods are
-                    # plain functions returning coroutines): continue on the async path.
+                    # An async callable that does not look like one (a lambda returning a
+                    # coroutine): continue on the async path.
                     return self._call_async(fn, args, kwargs, run, (t0, result))  # type: ignore[arg-type,return-value]
                 run.succeeded(t0)
                 return result

@@ -461,3 +461,18 @@ async def test_retries_the_async_sdks_methods_although_they_look_synchronous() -
     assert [(c.t, c.status, c.fault) for c in provider.log] == [(0, 503, "outage"), (1, 503, "outage"), (3, 200, None)]
     wrapped = retrier.wrap(client.chat.completions.create)
     assert (await wrapped(model="gpt-4o-mini", messages=HELLO)).choices
+
+
+async def test_a_lambda_returning_a_coroutine_is_retried_on_the_async_path() -> None:
+    clock = VirtualClock()
+    retrier, events = make(RetryPolicy(max_attempts=3, base_delay=1, jitter="none"), clock)
+    errors = [status_error(503)]
+
+    async def flaky() -> str:
+        if errors:
+            raise errors.pop()
+        return "ok"
+
+    assert await retrier.call(lambda: flaky()) == "ok"
+    assert [(a.attempt, a.ok) for a in events.of(Attempt)] == [(1, False), (2, True)]
+    assert clock.now() == 1
