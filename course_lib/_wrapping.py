@@ -37,7 +37,7 @@ class CallWrapper:
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call `fn(*args, **kwargs)` through the pattern; for an async `fn`, an awaitable."""
         if is_async_callable(fn):
-            return self._call_async(fn, args, kwargs)  # type: ignore[return-value]
+            return self._call_async(fn, args, kwargs)  # type: ignore[arg-type,return-value]
         return self._call_sync(fn, args, kwargs)  # type: ignore[no-any-return]
 
     def wrap(self, fn: Callable[P, R]) -> Callable[P, R]:
@@ -46,7 +46,7 @@ class CallWrapper:
 
             @functools.wraps(fn)
             async def wrapped_async(*args: Any, **kwargs: Any) -> Any:
-                return await self._call_async(fn, args, kwargs)
+                return await self._call_async(fn, args, kwargs)  # type: ignore[arg-type]
 
             return wrapped_async  # type: ignore[return-value]
 

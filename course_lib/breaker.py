@@ -15,7 +15,7 @@ after `probes_to_close` successes and reopens on a probe failure (a probe unansw
 `BreakerOpen`, which says when the next probe may go. Only provider-side failures count; one
 user's malformed request (a 400) cannot open the breaker for everyone. The lock is held while
 deciding, never while the protected call runs. State can live in Redis to share one breaker
-between processes (`course_lib.breaker_redis.RedisState`).
+between processes (`course_lib.breaker_redis.RedisState`, or `AsyncRedisState` in async code).
 """
 
 from __future__ import annotations
@@ -278,11 +278,23 @@ class CircuitBreaker(CallWrapper):
         if getattr(state, "policy", self.policy) != self.policy:
             raise ValueError(f"state.policy must equal the breaker's policy, got {state.policy!r}")  # type: ignore[union-attr]
         self.store: BreakerState = state if state is not None else LocalState(self.policy)
+        self._async_store = inspect.iscoroutinefunction(self.store.admit)
+
+    def _refuse_sync(self) -> None:
+        raise TypeError(f"breaker '{self.name}' keeps its state in an async store: guard async callables, "
+                        "and use `await breaker.astate()` / `aadmit()` / `asettle()`")
 
     @property
     def state(self) -> str:
         """"closed", "open" or "half-open" (an open breaker whose time is up reads half-open)."""
-        return self.store.current(self.clock.now())
+        if self._async_store:
+            self._refuse_sync()
+        return self.store.current(self.clock.now())  # type: ignore[return-value]
+
+    async def astate(self) -> str:
+        """`state`, for any store (awaited where the store is async)."""
+        current = self.store.current(self.clock.now())
+        return await current if self._async_store else current  # type: ignore[misc,no-any-return]
 
     def _emit(self, now: float, moves: Moves, extra: Event | None = None) -> None:
         emit = self.on_event
@@ -293,10 +305,7 @@ class CircuitBreaker(CallWrapper):
         if extra is not None:
             emit(extra)
 
-    def admit(self) -> Ticket:
-        """Admit one call or raise BreakerOpen. Pair every ticket with `settle`."""
-        now = self.clock.now()
-        ticket, retry_in, moves = self.store.admit(now)
+    def _admitted(self, now: float, ticket: Ticket | None, retry_in: float, moves: Moves) -> Ticket:
         if ticket is None:
             retry_at = now + retry_in
             state = OPEN if retry_in > 0 else HALF_OPEN
@@ -307,23 +316,54 @@ class CircuitBreaker(CallWrapper):
             self._emit(now, moves)
         return ticket
 
+    # admit() and settle() are on every call's path, so they inline the common case.
+    def admit(self) -> Ticket:
+        """Admit one call or raise BreakerOpen. Pair every ticket with `settle`."""
+        if self._async_store:
+            self._refuse_sync()
+        now = self.clock.now()
+        ticket, retry_in, moves = self.store.admit(now)  # type: ignore[misc]
+        if ticket is not None and not moves:
+            return ticket
+        return self._admitted(now, ticket, retry_in, moves)
+
+    async def aadmit(self) -> Ticket:
+        """`admit`, for any store (awaited where the store is async)."""
+        now = self.clock.now()
+        decision = self.store.admit(now)
+        return self._admitted(now, *(await decision if self._async_store else decision))  # type: ignore[misc]
+
+    def _verdict(self, ticket: Ticket, error: BaseException | None, now: float) -> Verdict:
+        if error is not None:
+            return "failure" if self.counts_as_failure(error) else "ignored"
+        slow = self.policy.slow_call_seconds
+        return "failure" if slow is not None and now - ticket[2] >= slow else "success"
+
+    def _settled(self, ticket: Ticket, error: BaseException | None, now: float, verdict: Verdict, moves: Moves) -> None:
+        _, admitted_in, started = ticket
+        name = type(error).__name__ if error is not None else None
+        self._emit(now, NO_MOVES, CallOutcome(started, self.name, admitted_in, verdict, now - started, name))
+        self._emit(now, moves)
+
     def settle(self, ticket: Ticket, error: BaseException | None) -> None:
         """Record how an admitted call ended (error None for success)."""
+        if self._async_store:
+            self._refuse_sync()
         now = self.clock.now()
-        _, admitted_in, started = ticket
-        duration = now - started
-        verdict: Verdict
-        if error is not None:
-            verdict = "failure" if self.counts_as_failure(error) else "ignored"
-        elif self.policy.slow_call_seconds is not None and duration >= self.policy.slow_call_seconds:
-            verdict = "failure"
-        else:
-            verdict = "success"
+        verdict = self._verdict(ticket, error, now) if error is not None or self.policy.slow_call_seconds is not None else "success"
         moves = self.store.settle(ticket, verdict, now)
-        if self.on_event is not None or moves:
-            name = type(error).__name__ if error is not None else None
-            self._emit(now, NO_MOVES, CallOutcome(started, self.name, admitted_in, verdict, duration, name))
-            self._emit(now, moves)
+        if self.on_event is not None:
+            self._settled(ticket, error, now, verdict, moves)  # type: ignore[arg-type]
+
+    async def asettle(self, ticket: Ticket, error: BaseException | None) -> None:
+        """`settle`, for any store (awaited where the store is async)."""
+        now = self.clock.now()
+        verdict = self._verdict(ticket, error, now)
+        moves = self.store.settle(ticket, verdict, now)
+        if self._async_store:
+            moves = await moves  # type: ignore[misc]
+        if self.on_event is not None:
+            self._settled(ticket, error, now, verdict, moves)
 
     def _call_sync(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         ticket = self.admit()
@@ -342,11 +382,11 @@ class CircuitBreaker(CallWrapper):
         return result
 
     async def _call_async(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        ticket = self.admit()
+        ticket = await self.aadmit()
         try:
             pending = fn(*args, **kwargs)
         except BaseException as exc:
-            self.settle(ticket, exc)
+            await self.asettle(ticket, exc)
             raise
         return await self._settle_when_done(ticket, pending)
 
@@ -362,10 +402,10 @@ class CircuitBreaker(CallWrapper):
         try:
             result = await pending
         except BaseException as exc:
-            self.settle(ticket, exc)
+            await self.asettle(ticket, exc)
             raise
-        self.settle(ticket, None)
+        await self.asettle(ticket, None)
         return result
 
     def __repr__(self) -> str:
-        return f"CircuitBreaker(name={self.name!r}, state={self.state!r})"
+        return f"CircuitBreaker(name={self.name!r}, policy={self.policy!r})"

@@ -1,11 +1,13 @@
 """Circuit breaker state shared through Redis, so every worker and server obeys one breaker.
 
     breaker = CircuitBreaker(policy, name="gpt-4o", state=RedisState(redis_client, "gpt-4o", policy))
+    breaker = CircuitBreaker(policy, name="gpt-4o", state=AsyncRedisState(async_client, "gpt-4o", policy))
 
 Each decision (admit, settle) is one Lua script, so concurrent processes cannot interleave
-half-way through a transition. The client is synchronous: from async code each decision blocks
-the event loop for one Redis round trip (about 0.1 ms on loopback, longer if Redis stalls). Time comes from the Redis server (`TIME`) unless a clock is
-given (tests and notebooks pass a VirtualClock): app servers' clocks differ, Redis's is one.
+half-way through a transition. In async code use `AsyncRedisState` with a `redis.asyncio`
+client: a synchronous client would block the event loop for every decision. Time comes from
+the Redis server (`TIME`) unless a clock is given (tests and notebooks pass a VirtualClock):
+app servers' clocks differ, Redis's is one.
 If Redis fails, the breaker decides locally for that call and says so in a warning log and a
 `StoreFallback` event; a broken cache never fails the call it was meant to protect.
 """
@@ -23,7 +25,7 @@ from .breaker import NO_MOVES, BreakerPolicy, LocalState, Moves, Ticket, Verdict
 from .clock import Clock
 from .events import Event, StoreFallback
 
-__all__ = ["RedisState"]
+__all__ = ["RedisState", "AsyncRedisState"]
 
 log = logging.getLogger("course_lib.breaker")
 
@@ -137,25 +139,14 @@ def _number(value: float) -> str:
     return repr(float(value))  # full precision: str() of a Lua number would round
 
 
-class RedisState:
-    """`BreakerState` kept in Redis under `prefix:name` (a hash and a list)."""
+class _RedisScripts:
+    """What the sync and async Redis states share: keys, script arguments, parsing, fallback."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        name: str,
-        policy: BreakerPolicy,
-        *,
-        clock: Clock | None = None,
-        prefix: str = "course_lib:breaker",
-        on_event: Callable[[Event], None] | None = None,
-    ) -> None:
-        if isinstance(client, redis.asyncio.Redis):
-            raise TypeError("client must be a synchronous redis.Redis; RedisState does not support redis.asyncio clients yet")
-        self.client, self.name, self.policy, self.clock = client, name, policy, clock
+    def __init__(self, client: Any, name: str, policy: BreakerPolicy, clock: Clock | None, prefix: str,
+                 on_event: Callable[[Event], None] | None) -> None:
+        self.client, self.name, self.policy, self.clock, self.on_event = client, name, policy, clock, on_event
         # One hash tag for both keys, so that a Redis Cluster keeps them in one slot for the scripts.
         self.keys = [f"{{{prefix}:{name}}}", f"{{{prefix}:{name}}}:window"]
-        self.on_event = on_event
         self.fallback = LocalState(policy)
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
@@ -164,55 +155,114 @@ class RedisState:
     def _now_arg(self) -> str:
         return _number(self.clock.now()) if self.clock is not None else ""
 
+    def _admit_args(self) -> list[Any]:
+        policy = self.policy
+        return [self._now_arg(), _number(policy.open_seconds), policy.half_open_probes, _number(policy.probe_timeout)]
+
+    def _settle_args(self, ticket: Ticket, verdict: Verdict) -> list[Any]:
+        policy = self.policy
+        return [self._now_arg(), ticket[0], verdict, policy.trip_on, policy.failure_threshold, _number(policy.failure_rate),
+                policy.minimum_calls, policy.window, _number(policy.window_size), policy.probes_to_close]
+
+    @staticmethod
+    def _admitted(result: list[Any], now: float) -> tuple[Ticket | None, float, Moves]:
+        admitted, retry_in, state, gen, _, *moves = result
+        ticket = (int(gen), _text(state), now) if admitted else None
+        return ticket, float(_text(retry_in)), _moves(moves)
+
+    def _current_of(self, result: list[Any]) -> str:
+        state, opened_at, server_now = (_text(v) for v in result)
+        if state == "open" and float(server_now) >= float(opened_at) + self.policy.open_seconds:
+            return "half-open"
+        return state
+
     def _fall_back(self, operation: str, now: float, error: Exception) -> None:
         log.warning("breaker %r: Redis %s failed (%s: %s); deciding locally", self.name, operation, type(error).__name__, error)
         if self.on_event is not None:
             self.on_event(StoreFallback(now, self.name, operation, f"{type(error).__name__}: {error}"))
 
+    def _admit_locally(self, now: float, error: Exception) -> tuple[Ticket | None, float, Moves]:
+        self._fall_back("admit", now, error)
+        ticket, retry_in, moves = self.fallback.admit(now)
+        # Local tickets carry a negative generation so that settle knows where they belong.
+        return (None if ticket is None else (-1 - ticket[0], ticket[1], ticket[2])), retry_in, moves
+
+    def _settle_locally(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
+        generation, state, started = ticket
+        return self.fallback.settle((-1 - generation, state, started), verdict, now)
+
+
+class RedisState(_RedisScripts):
+    """`BreakerState` kept in Redis (a hash and a list under `{prefix:name}`), for sync clients."""
+
+    def __init__(self, client: redis.Redis, name: str, policy: BreakerPolicy, *, clock: Clock | None = None,
+                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None) -> None:
+        if isinstance(client, redis.asyncio.Redis):
+            raise TypeError("client must be a synchronous redis.Redis; for a redis.asyncio client use AsyncRedisState")
+        super().__init__(client, name, policy, clock, prefix, on_event)
+
     def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
-        policy = self.policy
         try:
-            admitted, retry_in, state, gen, _, *moves = self._admit(
-                keys=self.keys,
-                args=[self._now_arg(), _number(policy.open_seconds), policy.half_open_probes, _number(policy.probe_timeout)],
-            )
+            result = self._admit(keys=self.keys, args=self._admit_args())
         except redis.RedisError as error:
-            self._fall_back("admit", now, error)
-            ticket, retry_in, moves = self.fallback.admit(now)
-            # Local tickets carry a negative generation so that settle knows where they belong.
-            return (None if ticket is None else (-1 - ticket[0], ticket[1], ticket[2])), retry_in, moves
-        ticket = (int(gen), _text(state), now) if admitted else None
-        return ticket, float(_text(retry_in)), _moves(moves)
+            return self._admit_locally(now, error)
+        return self._admitted(result, now)
 
     def settle(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
-        generation, state, started = ticket
-        if generation < 0:
-            return self.fallback.settle((-1 - generation, state, started), verdict, now)
-        policy = self.policy
+        if ticket[0] < 0:
+            return self._settle_locally(ticket, verdict, now)
         try:
-            moves = self._settle(
-                keys=self.keys,
-                args=[
-                    self._now_arg(), generation, verdict, policy.trip_on, policy.failure_threshold,
-                    _number(policy.failure_rate), policy.minimum_calls, policy.window, _number(policy.window_size),
-                    policy.probes_to_close,
-                ],
-            )
+            return _moves(self._settle(keys=self.keys, args=self._settle_args(ticket, verdict)))
         except redis.RedisError as error:
             self._fall_back("settle", now, error)
             return NO_MOVES
-        return _moves(moves)
 
     def current(self, now: float) -> str:
         try:
-            state, opened_at, server_now = (_text(v) for v in self._current(keys=self.keys, args=[self._now_arg()]))
+            return self._current_of(self._current(keys=self.keys, args=[self._now_arg()]))
         except redis.RedisError as error:
             self._fall_back("read", now, error)
             return self.fallback.current(now)
-        if state == "open" and float(server_now) >= float(opened_at) + self.policy.open_seconds:
-            return "half-open"
-        return state
 
     def reset(self) -> None:
         """Forget the shared state (closed, empty window)."""
         self.client.delete(*self.keys)
+
+
+class AsyncRedisState(_RedisScripts):
+    """The same state for `redis.asyncio` clients: every decision is awaited, so an async
+    service never blocks its event loop on Redis. A breaker with this state guards async
+    callables (use `await breaker.call(...)`, `await breaker.astate()`)."""
+
+    def __init__(self, client: redis.asyncio.Redis, name: str, policy: BreakerPolicy, *, clock: Clock | None = None,
+                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None) -> None:
+        if not isinstance(client, redis.asyncio.Redis):
+            raise TypeError("client must be a redis.asyncio.Redis; for a synchronous client use RedisState")
+        super().__init__(client, name, policy, clock, prefix, on_event)
+
+    async def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
+        try:
+            result = await self._admit(keys=self.keys, args=self._admit_args())
+        except redis.RedisError as error:
+            return self._admit_locally(now, error)
+        return self._admitted(result, now)
+
+    async def settle(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
+        if ticket[0] < 0:
+            return self._settle_locally(ticket, verdict, now)
+        try:
+            return _moves(await self._settle(keys=self.keys, args=self._settle_args(ticket, verdict)))
+        except redis.RedisError as error:
+            self._fall_back("settle", now, error)
+            return NO_MOVES
+
+    async def current(self, now: float) -> str:
+        try:
+            return self._current_of(await self._current(keys=self.keys, args=[self._now_arg()]))
+        except redis.RedisError as error:
+            self._fall_back("read", now, error)
+            return self.fallback.current(now)
+
+    async def reset(self) -> None:
+        """Forget the shared state (closed, empty window)."""
+        await self.client.delete(*self.keys)

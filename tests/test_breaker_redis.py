@@ -3,6 +3,7 @@ and a local fallback when Redis is unreachable."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import subprocess
 import sys
@@ -12,15 +13,16 @@ import fakeredis
 import openai
 import pytest
 import redis
+import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from course_lib.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
-from course_lib.breaker_redis import RedisState
+from course_lib.breaker_redis import AsyncRedisState, RedisState
 from course_lib.clock import VirtualClock
-from course_lib.events import Recorder, StateChange, StoreFallback
+from course_lib.events import Recorder, Rejected, StateChange, StoreFallback
 from sdk_errors import status_error
 
 ERRORS = {"success": None, "failure": status_error(503), "ignored": status_error(400)}
@@ -85,7 +87,7 @@ def test_a_trip_seen_by_one_process_is_obeyed_by_another(redis_server_url: str) 
         """
         import sys, redis
         from course_lib.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
-        from course_lib.breaker_redis import RedisState
+        from course_lib.breaker_redis import AsyncRedisState, RedisState
         policy = BreakerPolicy(failure_threshold=5, open_seconds=60)
         client = redis.Redis.from_url(sys.argv[1])
         breaker = CircuitBreaker(policy, name="gpt-4o", state=RedisState(client, "gpt-4o-shared", policy))
@@ -179,7 +181,7 @@ def _unreachable(*args, **kwargs):
 
 
 def test_async_clients_are_refused_with_the_reason() -> None:
-    with pytest.raises(TypeError, match="synchronous redis.Redis"):
+    with pytest.raises(TypeError, match="for a redis.asyncio client use AsyncRedisState"):
         RedisState(fakeredis.FakeAsyncRedis(), "b", BreakerPolicy())
 
 
@@ -187,3 +189,98 @@ def test_the_states_policy_must_be_the_breakers() -> None:
     state = RedisState(fakeredis.FakeRedis(), "b", BreakerPolicy(failure_threshold=3))
     with pytest.raises(ValueError, match="state.policy must equal the breaker's policy"):
         CircuitBreaker(BreakerPolicy(failure_threshold=5), state=state)
+
+
+# --- the async state (redis.asyncio clients) ----------------------------------------------
+async def replay_async(breaker: CircuitBreaker, clock: VirtualClock, steps: list[tuple]) -> list[object]:
+    """`replay`, through the awaited entry points."""
+    seen: list[object] = []
+    tickets: list[tuple] = []
+    for step in steps:
+        if step[0] == "admit":
+            try:
+                tickets.append(await breaker.aadmit())
+                seen.append("admitted")
+            except BreakerOpen as rejected:
+                seen.append(("rejected", rejected.state, round(rejected.retry_in, 6)))
+        elif step[0] == "finish" and tickets:
+            await breaker.asettle(tickets.pop(step[1] % len(tickets)), ERRORS[step[2]])
+        elif step[0] == "advance":
+            clock.advance(step[1])
+        seen.append(await breaker.astate())
+    return seen
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def async_redis_factory(request: pytest.FixtureRequest):
+    """Makes a redis.asyncio client inside the running event loop (clients belong to one loop)."""
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer()
+        return lambda: fakeredis.FakeAsyncRedis(server=server)
+    url = request.getfixturevalue("redis_server_url")
+    return lambda: redis.asyncio.Redis.from_url(url)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policy=policies, steps=operations)
+def test_async_redis_state_decides_exactly_like_local_state(async_redis_factory, policy: BreakerPolicy, steps: list[tuple]) -> None:
+    local_clock = VirtualClock()
+    expected = replay(CircuitBreaker(policy, clock=local_clock), local_clock, steps)
+
+    async def shared() -> list[object]:
+        client, clock = async_redis_factory(), VirtualClock()
+        try:
+            state = AsyncRedisState(client, next(names), policy, clock=clock)
+            return await replay_async(CircuitBreaker(policy, clock=clock, state=state), clock, steps)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(shared()) == expected
+
+
+async def test_an_async_shared_breaker_guards_the_async_sdk() -> None:
+    from course_lib.llm import make_async_client
+    from course_lib.sim import SimProvider
+
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy(failure_threshold=2, open_seconds=30)
+    client = fakeredis.FakeAsyncRedis()
+    worker_a = CircuitBreaker(policy, clock=clock, state=AsyncRedisState(client, "gpt-4o", policy, clock=clock))
+    worker_b = CircuitBreaker(policy, clock=clock, on_event=events, state=AsyncRedisState(client, "gpt-4o", policy, clock=clock))
+    provider = SimProvider({"faults": [{"kind": "outage"}]}, clock=clock)
+    sdk = make_async_client(provider)
+    hello = [{"role": "user", "content": "hi"}]
+
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await worker_a.call(sdk.chat.completions.create, model="gpt-4o", messages=hello)
+    with pytest.raises(BreakerOpen):
+        await worker_b.call(sdk.chat.completions.create, model="gpt-4o", messages=hello)
+    assert provider.calls() == 2
+    assert await worker_b.astate() == "open"
+    assert events.of(Rejected)[0].retry_at == 30
+    with pytest.raises(TypeError, match="async store"):
+        worker_b.call(lambda: "a sync call cannot be admitted without awaiting Redis")
+
+
+async def test_async_state_falls_back_locally_when_redis_fails() -> None:
+    server = fakeredis.FakeServer()
+    server.connected = False
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy(failure_threshold=1, open_seconds=10)
+    breaker = CircuitBreaker(policy, clock=clock, state=AsyncRedisState(fakeredis.FakeAsyncRedis(server=server), "down", policy,
+                                                                          clock=clock, on_event=events))
+
+    async def fails() -> None:
+        raise TimeoutError("provider down")
+
+    with pytest.raises(TimeoutError):
+        await breaker.call(fails)
+    with pytest.raises(BreakerOpen):
+        await breaker.call(fails)
+    assert [e.operation for e in events.of(StoreFallback)] == ["admit", "admit"]
+
+
+def test_each_state_refuses_the_other_kind_of_client() -> None:
+    with pytest.raises(TypeError, match="for a synchronous client use RedisState"):
+        AsyncRedisState(fakeredis.FakeRedis(), "b", BreakerPolicy())
