@@ -13,8 +13,11 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --editable ".[dev]"
 	touch $(INSTALLED)
 
+# JupyterLab refuses to start as root (containers, CI machines) unless told it may.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(INSTALLED)
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG)
 
 test: $(INSTALLED)
 	MPLBACKEND=Agg $(PY) -m pytest --nbmake tests notebooks
