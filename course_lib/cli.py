@@ -16,8 +16,11 @@ from .sim.server import serve
 def _sim_serve(args: argparse.Namespace) -> int:
     try:
         plan = FaultPlan.from_file(args.plan) if args.plan else FaultPlan()
-    except (FaultPlanError, OSError) as error:
-        print(f"course-lib: cannot use plan {args.plan}: {error}", file=sys.stderr)
+    except FaultPlanError as error:
+        print(f"course-lib: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"course-lib: cannot read plan {args.plan}: {error.strerror or error}", file=sys.stderr)
         return 2
     try:
         server = serve(SimProvider(plan, seed=args.seed), args.host, args.port, verbose=args.verbose)

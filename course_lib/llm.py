@@ -22,6 +22,7 @@ import httpx2
 import openai
 from openai._base_client import get_platform
 
+from .clock import Clock
 from .sim.provider import SimProvider
 from .sim.transport import SimTransport
 
@@ -56,17 +57,46 @@ def _real_settings(real: bool | None) -> LLMSettings | None:
 
 def _client(sdk_class: type[Any], http_class: type[Any], provider: SimProvider | None, max_retries: int, timeout: float,
             real: bool | None) -> Any:
+    if provider is not None and real:
+        raise ValueError("real=True and a simulated provider were both given; pass one or the other")
     settings = _real_settings(real) if provider is None else None
     if settings is not None:
         return sdk_class(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
-    transport = SimTransport(provider if provider is not None else SimProvider())
-    return sdk_class(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
-                     http_client=http_class(transport=transport))
+    provider = provider if provider is not None else SimProvider()
+    client = sdk_class(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
+                       http_client=http_class(transport=SimTransport(provider)))
+    _on_simulated_time(client, provider.clock)
+    return client
+
+
+def _on_simulated_time(client: Any, clock: Clock) -> None:
+    """Make the SDK wait on the simulator's clock, so that a VirtualClock stays deterministic.
+
+    Two SDK internals use real time: the waits between its own retries (time.sleep or
+    anyio.sleep), and, for the async client, a worker thread that detects the platform on the
+    first request (the loop looks idle meanwhile, so virtual time would jump at a random moment).
+    These are private attributes of openai 3.x; tests/test_sim.py fails if they change.
+    """
+
+    def wait_before_retry(*, retries_taken: int, max_retries: int, options: Any, response: Any) -> float:
+        headers = response.headers if response is not None else None
+        return client._calculate_retry_timeout(max_retries - retries_taken, options, headers)  # type: ignore[no-any-return]
+
+    if isinstance(client, openai.AsyncOpenAI):
+        client._platform = _platform()
+
+        async def sleep_for_retry_async(**kwargs: Any) -> None:
+            await clock.asleep(wait_before_retry(**kwargs))
+
+        client._sleep_for_retry = sleep_for_retry_async  # type: ignore[method-assign]
+    else:
+        client._sleep_for_retry = lambda **kwargs: clock.sleep(wait_before_retry(**kwargs))
 
 
 def make_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
                 real: bool | None = None) -> openai.OpenAI:
-    """A sync client: the simulated `provider` (a fresh one if None) unless a real one is opted in."""
+    """A sync client: the simulated `provider` (a fresh one if None) unless a real one is opted in
+    (`real=True`, or COURSE_LIB_REAL_LLM=1 when no provider is given)."""
     client: openai.OpenAI = _client(openai.OpenAI, httpx2.Client, provider, max_retries, timeout, real)
     return client
 
@@ -75,11 +105,6 @@ def make_async_client(provider: SimProvider | None = None, *, max_retries: int =
                       real: bool | None = None) -> openai.AsyncOpenAI:
     """The async twin of `make_client`."""
     client: openai.AsyncOpenAI = _client(openai.AsyncOpenAI, httpx2.AsyncClient, provider, max_retries, timeout, real)
-    if client.base_url.host == "sim.local":
-        # On its first request the SDK detects the platform in a worker thread. A thread runs on
-        # real time, so under a VirtualClock the wait would let time jump at a random moment and
-        # make runs differ. Detect it here once, synchronously, so simulated runs stay deterministic.
-        client._platform = _platform()
     return client
 
 

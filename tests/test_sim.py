@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import openai
 import pytest
@@ -322,3 +323,74 @@ def test_real_endpoint_needs_an_explicit_opt_in_and_a_key_from_the_environment(m
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     real = make_client()
     assert (real.base_url.host, real.api_key, real.max_retries) == ("127.0.0.1", "sk-test", 0)
+
+
+# --- regressions from review --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 123}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": ["not a part"]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "messages[0].name"),
+        ({"messages": HELLO, "stream": True, "stream_options": True}, "stream_options"),
+        ({"messages": HELLO, "stream": "yes"}, "stream"),
+    ],
+)
+def test_malformed_fields_get_a_400_naming_them_not_a_crash(options: dict, param: str) -> None:
+    client, _, _ = client_for([])
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", **{k: v for k, v in options.items() if k in ("messages", "stream")},
+                                       extra_body={k: v for k, v in options.items() if k not in ("messages", "stream")} or None)
+    assert raised.value.param == param
+
+
+def test_latency_adds_up_wherever_it_stands_in_the_plan() -> None:
+    client, _, clock = client_for([{"kind": "outage", "end": 4}, {"kind": "latency", "seconds": 0.3}])
+    with pytest.raises(openai.InternalServerError):
+        ask(client)
+    assert clock.now() == 0.3
+
+
+def test_the_sdks_own_retries_wait_on_the_virtual_clock() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "outage", "end": 1}]}, clock=clock)
+    started = time.monotonic()
+    ask(make_client(provider, max_retries=3))
+    times = [c.t for c in provider.log]
+    assert times[0] == 0 and times == sorted(set(times))  # each retry later on the virtual clock
+    assert provider.log[-1].status == 200 and len(times) >= 2
+    assert time.monotonic() - started < 1  # and no real sleeping
+
+
+async def test_the_async_sdks_own_retries_wait_on_the_virtual_clock() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "rate_limit", "end": 2, "retry_after": 1.5}]}, clock=clock)
+    await make_async_client(provider, max_retries=2).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    assert [(c.t, c.status) for c in provider.log] == [(0, 429), (1.5, 429), (3.0, 200)]
+
+
+def test_capacity_is_shared_by_the_models_it_covers() -> None:
+    client, _, _ = client_for([{"kind": "capacity", "per_second": 2}])
+    ask(client, "gpt-4o")
+    ask(client, "gpt-4o-mini")
+    with pytest.raises(openai.InternalServerError):
+        ask(client, "gpt-4.1")
+
+
+def test_a_hang_the_client_outlasts_ends_with_a_closed_connection_as_over_http() -> None:
+    client, _, clock = client_for([{"kind": "hang", "seconds": 3}], timeout=10)
+    with pytest.raises(openai.APIConnectionError) as raised:
+        ask(client)
+    assert not isinstance(raised.value, openai.APITimeoutError)
+    assert clock.now() == 3
+
+
+def test_plan_and_factory_misuse_is_refused_with_the_reason(tmp_path) -> None:
+    with pytest.raises(FaultPlanError, match=r"faults\[0\] \(outage\): models: List should have at least 1 item"):
+        FaultPlan.parse({"faults": [{"kind": "outage", "models": []}]})
+    latin1 = tmp_path / "plan.json"
+    latin1.write_bytes('{"faults": [{"kind": "outage", "models": ["gpt-4o"]}], "note": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(FaultPlanError, match=r"plan.json: not UTF-8 text"):
+        FaultPlan.from_file(latin1)
+    with pytest.raises(ValueError, match="pass one or the other"):
+        make_client(SimProvider(), real=True)

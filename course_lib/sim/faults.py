@@ -33,7 +33,7 @@ class _Fault(BaseModel):
 
     start: float = Field(0.0, ge=0)
     end: float = math.inf
-    models: list[str] | None = None
+    models: list[str] | None = Field(None, min_length=1)
     rate: float = Field(1.0, ge=0, le=1)
 
     @field_validator("end", mode="before")
@@ -80,8 +80,8 @@ class Quota(_Fault):
 
 
 class Capacity(_Fault):
-    """At most `per_second` requests per one-second bucket; the rest are refused with
-    `status` and no Retry-After (an overloaded server shedding load)."""
+    """At most `per_second` requests per one-second bucket, shared by all the models it covers;
+    the rest are refused with `status` and no Retry-After (an overloaded server shedding load)."""
 
     kind: Literal["capacity"] = "capacity"
     per_second: int = Field(gt=0)
@@ -132,11 +132,17 @@ class FaultPlan(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> FaultPlan:
+        """Load a JSON plan; every error names the file (OSError if it cannot be read)."""
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise FaultPlanError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         except json.JSONDecodeError as error:
             raise FaultPlanError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
-        return cls.parse(data)
+        try:
+            return cls.parse(data)
+        except FaultPlanError as error:
+            raise FaultPlanError(f"{path}: {error}") from None
 
 
 def _describe(error: ValidationError, data: Any) -> str:

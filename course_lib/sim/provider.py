@@ -88,7 +88,7 @@ class SimProvider:
         self.log: list[CallRecord] = []
         self._rng = random.Random(self.seed)
         self._ids = itertools.count(1)
-        self._buckets: dict[tuple[int, str], tuple[int, int]] = {}  # (fault, model) -> (second, used)
+        self._buckets: dict[int, tuple[int, int]] = {}  # capacity fault -> (second, requests used)
         self._lock = threading.Lock()
 
     def calls(self, model: str | None = None, status: int | None = None) -> int:
@@ -104,6 +104,9 @@ class SimProvider:
                 reply = self._route(method.upper(), path.rstrip("/"), {k.lower(): v for k, v in headers.items()}, body, t, request_id)
             except ApiError as error:
                 reply = SimReply(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()))
+            except Exception as bug:  # a simulator bug must look like one, not like a dropped connection
+                failure = ApiError(500, f"The simulator failed on this request ({type(bug).__name__}: {bug}).", "server_error")
+                reply = SimReply(500, {"content-type": "application/json"}, _json(failure.body()))
             reply.headers.setdefault("x-request-id", request_id)
             reply.headers.setdefault("openai-processing-ms", str(round(reply.delay * 1000)))
             return reply
@@ -201,9 +204,16 @@ class SimProvider:
                 got = message.get("role") if isinstance(message, dict) else message
                 raise ApiError(400, f"Invalid value for 'messages[{i}].role': {got!r}; expected one of {sorted(ROLES)}.",
                                param=f"messages[{i}].role")
-            if not isinstance(message.get("content"), (str, list, type(None))):
+            content = message.get("content")
+            if not isinstance(content, (str, list, type(None))):
                 raise ApiError(400, f"Invalid type for 'messages[{i}].content': expected a string or an array of parts.",
                                param=f"messages[{i}].content")
+            for j, part in enumerate(content if isinstance(content, list) else ()):
+                if not isinstance(part, dict) or not isinstance(part.get("text", ""), str):
+                    raise ApiError(400, f"Invalid content part 'messages[{i}].content[{j}]': expected an object whose 'text' is a string.",
+                                   param=f"messages[{i}].content[{j}]")
+            if not isinstance(message.get("name", ""), str):
+                raise ApiError(400, f"Invalid type for 'messages[{i}].name': expected a string.", param=f"messages[{i}].name")
         most = MODELS[model].max_output_tokens
         for name in ("max_tokens", "max_completion_tokens"):
             value = request.get(name)
@@ -211,33 +221,38 @@ class SimProvider:
                 raise ApiError(400, f"Invalid '{name}': expected an integer from 1 to {most} for {model}, got {value!r}.", param=name)
         if request.get("n", 1) != 1:
             raise ApiError(400, "The simulator supports only n=1.", param="n")
+        if not isinstance(request.get("stream", False), bool):
+            raise ApiError(400, "Invalid type for 'stream': expected a boolean.", param="stream")
+        if not isinstance(request.get("stream_options") or {}, dict):
+            raise ApiError(400, "Invalid type for 'stream_options': expected an object.", param="stream_options")
         return request
 
     def _fault_for(self, model: str, t: float) -> dict[str, Any]:
-        """The fault that decides this request ({} with only a delay if none does)."""
-        delay = 0.0
+        """The fault that decides this request (none: only "delay"), plus the delay of every
+        latency fault that applies, wherever it stands in the plan."""
+        delay, decision = 0.0, None
         for index, fault in enumerate(self.plan.faults):
-            if not fault.covers(t, model) or (fault.rate < 1 and self._rng.random() >= fault.rate):
+            if (decision is not None and fault.kind != "latency") or not fault.covers(t, model):
+                continue
+            if fault.rate < 1 and self._rng.random() >= fault.rate:
                 continue
             if fault.kind == "latency":
                 delay += fault.seconds
-                continue
-            if fault.kind == "capacity":
+            elif fault.kind == "capacity":
                 second = math.floor(t)
-                start, used = self._buckets.get((index, model), (second, 0))
+                start, used = self._buckets.get(index, (second, 0))  # one bucket for all the models it covers
                 used = used if start == second else 0
                 if used < fault.per_second:
-                    self._buckets[(index, model)] = (second, used + 1)
+                    self._buckets[index] = (second, used + 1)
                     continue
                 error = (ApiError(429, "Rate limit reached: too many requests per second.", "requests", code="rate_limit_exceeded")
                          if fault.status == 429 else ApiError(503, "The server is overloaded or not ready yet.", "server_error"))
-                return {"kind": fault.kind, "delay": delay, "error": error}
-            if fault.kind == "hang":
-                return {"kind": fault.kind, "delay": delay, "action": "hang", "hang_seconds": fault.seconds}
-            if fault.kind == "drop":
-                return {"kind": fault.kind, "delay": delay, "action": "drop"}
-            return {"kind": fault.kind, "delay": delay, "error": self._fault_error(fault)}
-        return {"delay": delay}
+                decision = {"kind": fault.kind, "error": error}
+            elif fault.kind in ("hang", "drop"):
+                decision = {"kind": fault.kind, "action": fault.kind, "hang_seconds": getattr(fault, "seconds", 0.0)}
+            else:
+                decision = {"kind": fault.kind, "error": self._fault_error(fault)}
+        return {**(decision or {}), "delay": delay}
 
     @staticmethod
     def _fault_error(fault: Any) -> ApiError:

@@ -26,13 +26,13 @@ def _plan(reply: SimReply, timeout: float | None) -> tuple[float, bool]:
     wait = reply.delay + (reply.hang_seconds if reply.action == "hang" else 0.0)
     if timeout is not None and wait > timeout:
         return timeout, True
-    return wait, reply.action == "hang"
+    return wait, False
 
 
 def _finish(reply: SimReply, request: httpx2.Request, timed_out: bool) -> httpx2.Response:
     if timed_out:
         raise httpx2.ReadTimeout("The read operation timed out (simulated provider)", request=request)
-    if reply.action == "drop":
+    if reply.action != "respond":  # a drop, or a hang the client outlasted: the server closes, as over HTTP
         raise httpx2.RemoteProtocolError("Server disconnected without sending a response.", request=request)
     content = b"".join(reply.chunks) if reply.chunks is not None else reply.body
     return httpx2.Response(reply.status, headers=reply.headers, content=content, request=request)
