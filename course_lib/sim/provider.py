@@ -167,7 +167,8 @@ class SimProvider:
             self.log.append(CallRecord(t, model, refusal.status, kind, prompt_tokens))
             return SimReply(refusal.status, {"content-type": "application/json", **refusal.headers}, _json(refusal.body()), delay=delay)
 
-        text, finish, completion_tokens = self._reply(model, messages, limit)
+        tokens, finish = self._reply(model, messages, limit)
+        text, completion_tokens = encoding_for(model).decode(tokens), len(tokens)
         self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
         common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": CREATED_EPOCH + int(t), "model": model,
@@ -175,7 +176,7 @@ class SimProvider:
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
-                            chunks=self._stream(common, model, text, finish, usage if include_usage else None), delay=delay)
+                            chunks=self._stream(common, model, tokens, finish, usage if include_usage else None), delay=delay)
         message = {"role": "assistant", "content": text, "refusal": None}
         completion = {**common, "object": "chat.completion", "usage": usage,
                       "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
@@ -246,7 +247,7 @@ class SimProvider:
                     self._buckets[index] = (second, used + 1)
                     continue
                 error = (ApiError(429, "Rate limit reached: too many requests per second.", "requests", code="rate_limit_exceeded")
-                         if fault.status == 429 else ApiError(503, "The server is overloaded or not ready yet.", "server_error"))
+                         if fault.status == 429 else self._server_error(503))
                 decision = {"kind": fault.kind, "error": error}
             elif fault.kind in ("hang", "drop"):
                 decision = {"kind": fault.kind, "action": fault.kind, "hang_seconds": getattr(fault, "seconds", 0.0)}
@@ -264,12 +265,16 @@ class SimProvider:
         if fault.kind == "quota":
             return ApiError(429, "You exceeded your current quota, please check your plan and billing details.",
                             "insufficient_quota", code="insufficient_quota")
+        return SimProvider._server_error(fault.status)
+
+    @staticmethod
+    def _server_error(status: int) -> ApiError:
         messages = {500: "The server had an error while processing your request.", 502: "Bad gateway.",
                     503: "The server is overloaded or not ready yet."}
-        return ApiError(fault.status, messages[fault.status], "server_error")
+        return ApiError(status, messages[status], "server_error")
 
-    def _reply(self, model: str, messages: list[dict[str, Any]], limit: int | None) -> tuple[str, str, int]:
-        """Deterministic reply text for (seed, model, prompt), cut to `limit` tokens."""
+    def _reply(self, model: str, messages: list[dict[str, Any]], limit: int | None) -> tuple[list[int], str]:
+        """Deterministic reply tokens for (seed, model, prompt), cut to `limit`; and the finish reason."""
         prompt = json.dumps(messages, sort_keys=True)
         rng = random.Random(hashlib.sha256(f"{self.seed}|{model}|{prompt}".encode()).digest())
         words = [rng.choice(WORDS) for _ in range(rng.randint(12, 60))]
@@ -279,16 +284,14 @@ class SimProvider:
             sentence = " ".join(words[start:end])
             sentences.append(sentence[0].upper() + sentence[1:] + ".")
             start = end
-        text = " ".join(sentences)
-        tokens = encoding_for(model).encode(text)
+        tokens: list[int] = encoding_for(model).encode(" ".join(sentences))
         if limit is not None and len(tokens) > limit:
-            return encoding_for(model).decode(tokens[:limit]), "length", limit
-        return text, "stop", len(tokens)
+            return tokens[:limit], "length"
+        return tokens, "stop"
 
     @staticmethod
-    def _stream(common: dict[str, Any], model: str, text: str, finish: str, usage: dict[str, int] | None) -> list[bytes]:
+    def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, int] | None) -> list[bytes]:
         encoding = encoding_for(model)
-        tokens = encoding.encode(text)
         pieces = [encoding.decode(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
         extra = {"usage": None} if usage is not None else {}
 
