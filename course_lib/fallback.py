@@ -123,7 +123,8 @@ class _Walk:
         elif isinstance(error, NoAnswer):
             self._note(handler, "skipped", str(error) or "no answer", duration)
         elif _is_context_length(error):
-            self.too_small_at = handler.context_window or 0
+            # The largest window known to be too small; a handler of unknown size adds nothing.
+            self.too_small_at = max(self.too_small_at or 0, handler.context_window or 0)
             self._note(handler, "failed", "context_length_exceeded", duration)
         elif self.chain.falls_through(error):
             self._note(handler, "failed", f"{type(error).__name__}", duration)

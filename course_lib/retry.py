@@ -164,7 +164,9 @@ class RetryBudget:
         with self._lock:
             now = self.clock.now()
             self._forget_old(now)
-            if len(self._retries) >= self.min_retries + self.ratio * len(self._calls):
+            beyond_minimum = len(self._retries) + 1 - self.min_retries
+            # Compared by division: 57/100 <= 0.57 holds, where 0.57 * 100 == 56.99999999999999.
+            if beyond_minimum > 0 and (not self._calls or beyond_minimum / len(self._calls) > self.ratio):
                 return False
             self._retries.append(now)
             return True

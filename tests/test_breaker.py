@@ -422,3 +422,15 @@ async def test_the_async_sdks_methods_are_settled_when_awaited() -> None:
             await breaker.call(client.chat.completions.create, model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert [o.verdict for o in events.of(CallOutcome)] == ["failure", "failure"]
     assert breaker.state == OPEN
+
+
+def test_the_state_turns_half_open_exactly_when_open_seconds_have_passed() -> None:
+    clock = VirtualClock()
+    breaker, _ = make(clock, failure_threshold=1, open_seconds=10)
+    fail(breaker)
+    clock.advance(9.875)  # dyadic steps: the sum lands on 10 exactly
+    assert breaker.state == OPEN
+    with pytest.raises(BreakerOpen):
+        succeed(breaker)
+    clock.advance(0.125)
+    assert breaker.state == HALF_OPEN

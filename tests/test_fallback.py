@@ -89,6 +89,22 @@ def test_context_length_moves_to_a_handler_with_a_larger_window() -> None:
     ]
 
 
+def test_a_handler_without_a_window_does_not_make_the_chain_forget_the_prompt_size() -> None:
+    too_long = status_error(400, code="context_length_exceeded")
+    mini = Model("gpt-4o-mini")
+    chain = chain_of(
+        Handler("gpt-4o", Model("gpt-4o", too_long), context_window=128_000),
+        Handler("custom", Model("custom", status_error(400, code="context_length_exceeded"))),  # window unknown
+        Handler("gpt-4o-mini", mini, context_window=128_000),
+        Handler("gpt-4.1", Model("gpt-4.1"), context_window=1_047_576),
+    )
+    answer = chain.call("a very long prompt")
+    assert answer.handler == "gpt-4.1"
+    assert mini.calls == 0  # known since gpt-4o to be too small
+    assert [step[:2] for step in answer.trail] == [
+        ("gpt-4o", "failed"), ("custom", "failed"), ("gpt-4o-mini", "skipped"), ("gpt-4.1", "answered")]
+
+
 def test_context_length_with_no_larger_model_reaches_the_static_handler() -> None:
     chain = chain_of(Handler("gpt-4o", Model("gpt-4o", status_error(400, code="context_length_exceeded")), context_window=128_000),
                      Handler("static", static, degraded=True))

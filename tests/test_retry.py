@@ -476,3 +476,24 @@ async def test_a_lambda_returning_a_coroutine_is_retried_on_the_async_path() -> 
     assert await retrier.call(lambda: flaky()) == "ok"
     assert [(a.attempt, a.ok) for a in events.of(Attempt)] == [(1, False), (2, True)]
     assert clock.now() == 1
+
+
+@pytest.mark.parametrize(
+    ("ratio", "min_retries", "calls", "allowed"),
+    [(0.1, 0, 25, 2), (0.2, 0, 3, 0), (0.5, 0, 5, 2), (0.1, 0, 30, 3), (0.57, 0, 100, 57), (0.2, 2, 10, 4), (1.0, 0, 7, 7)],
+)
+def test_budget_never_allows_more_than_its_ratio(ratio: float, min_retries: int, calls: int, allowed: int) -> None:
+    budget = RetryBudget(ratio=ratio, min_retries=min_retries, window=60, clock=VirtualClock())
+    for _ in range(calls):
+        budget.record_call()
+    granted = sum(budget.try_spend() for _ in range(calls + min_retries + 1))
+    assert granted == allowed  # at most min_retries + ratio * calls, and exactly that many
+
+
+def test_decorrelated_jitter_draws_up_to_three_times_the_previous_wait() -> None:
+    policy = RetryPolicy(base_delay=1, max_delay=1000, jitter="decorrelated")
+    rng = random.Random(3)
+    waits = [policy.backoff(2, 10.0, rng) for _ in range(3000)]
+    assert 1 <= min(waits) and max(waits) <= 30
+    above_double = sum(w > 20 for w in waits) / len(waits)
+    assert above_double == pytest.approx(10 / 29, abs=0.03)  # uniform(1, 30): a third lies above 2 x 10
