@@ -25,15 +25,21 @@ class Clock(Protocol):
         """Seconds on a monotonic scale; only differences are meaningful."""
         ...
 
+    def wall(self) -> float:
+        """Seconds since the Unix epoch, for timestamps people read (never for intervals)."""
+        ...
+
     def sleep(self, seconds: float) -> None: ...
 
     async def asleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
-    """Real time: `time.monotonic`, never the wall clock, so NTP steps cannot bend intervals."""
+    """Real time: `time.monotonic` for intervals, so NTP steps cannot bend them; `time.time`
+    only for timestamps."""
 
     now = staticmethod(time.monotonic)
+    wall = staticmethod(time.time)
     sleep = staticmethod(time.sleep)
 
     async def asleep(self, seconds: float) -> None:
@@ -54,12 +60,16 @@ class VirtualClock:
     jumps to its deadline. Many concurrent async sleepers therefore wake in a fixed order,
     the same on every run.
 
+    `wall()` is a fixed date plus `now()`, so timestamps replay identically too.
+
     Work a task waits for in a thread (or on a real socket) is invisible to the clock: while it
     runs, the loop looks idle and time may jump. Keep virtually-timed code free of threads.
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall_start: float = 1_767_225_600.0) -> None:
+        """`wall_start` is the Unix time at which `now()` reads 0 (default 2026-01-01T00:00Z)."""
         self._now = float(start)
+        self._wall_start = float(wall_start)
         self._lock = threading.Lock()
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
@@ -67,6 +77,9 @@ class VirtualClock:
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return self._wall_start + self._now
 
     def advance(self, seconds: float) -> None:
         """Move time forward by `seconds` (must be >= 0)."""

@@ -182,6 +182,44 @@ def test_context_length_exceeded_names_both_numbers() -> None:
     client.chat.completions.create(model="gpt-4o", messages=long)  # a larger window takes it
 
 
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-3.5-turbo"])  # o200k and cl100k
+def test_text_cut_where_it_is_safe_has_exactly_the_tokens_of_the_whole(model: str) -> None:
+    import random
+
+    from course_lib.sim.models import encoding_for, is_safe_cut, pieces
+
+    alphabet = ["the", "Refund", "HTTP", "don't", "it\u2019s", "42", "2026", "3.14", ",", ".", "!?", "'", "(", "/", "-",
+                " ", " ", " ", "  ", "\n", "\n\n", "\t", "caf\u00e9", "\u4e2d\u6587", "\U0001f600", "e\u0301", "\u00b2"]
+    rng, encoding = random.Random(5), encoding_for(model)
+
+    def tokens(text: str) -> list[int]:
+        return encoding.encode(text, disallowed_special=())
+
+    cuts = 0
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
+        for i in (i for i in range(1, len(text)) if is_safe_cut(text, i)):
+            assert tokens(text[:i]) + tokens(text[i:]) == tokens(text), (text[:i], text[i:])
+            cuts += 1
+        assert "".join(pieces(text, size=10)) == text and all(len(p) <= 10 for p in pieces(text, size=10))
+    assert cuts > 3000
+
+
+def test_a_prompt_past_the_tokenizers_own_limits_is_counted_and_answered() -> None:
+    client, _, _ = client_for([])
+    prompt = "Clause 12: refunds are possible within thirty days. " * 23_000  # 253,001 tokens
+    reply = client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": prompt}], max_tokens=5)
+    assert reply.usage.prompt_tokens == count_prompt_tokens([{"role": "user", "content": prompt}], "gpt-4.1") > 250_000
+
+
+def test_a_ten_megabyte_prompt_is_refused_for_its_length_not_as_a_server_error() -> None:
+    client, provider, _ = client_for([])
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hello world " * 900_000}])
+    assert raised.value.code == "context_length_exceeded" and "1800008 in the messages" in raised.value.message
+    assert provider.log[-1].status == 400
+
+
 def test_requested_completion_counts_toward_the_context_window() -> None:
     client, _, _ = client_for([])
     prompt = [{"role": "user", "content": "refund " * 13_000}]
@@ -394,3 +432,63 @@ def test_plan_and_factory_misuse_is_refused_with_the_reason(tmp_path) -> None:
         FaultPlan.from_file(latin1)
     with pytest.raises(ValueError, match="pass one or the other"):
         make_client(SimProvider(), real=True)
+
+
+# --- the wire format matches the real API where the SDK reads it ----------------------------
+def test_replies_carry_the_fields_the_real_api_sends() -> None:
+    clock = VirtualClock(wall_start=1_800_000_000)
+    client, _, _ = client_for([], clock=clock)
+    clock.advance(90)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    reply = raw.parse()
+    assert raw.headers["openai-version"] == "2020-10-01"
+    assert reply.created == 1_800_000_090  # the clock's time, as a Unix timestamp
+    assert reply.service_tier == "default"
+    assert reply.choices[0].message.annotations == []
+    assert reply.usage.prompt_tokens_details.cached_tokens == 0
+    assert reply.usage.completion_tokens_details.reasoning_tokens == 0
+    last = list(client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True,
+                                               stream_options={"include_usage": True}))[-1]
+    assert last.service_tier == "default" and last.usage.prompt_tokens_details.cached_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "message"),
+    [
+        ({"temperature": "hot"}, "temperature", "expected a number"),
+        ({"temperature": 2.5}, "temperature", "at most 2"),
+        ({"top_p": -0.1}, "top_p", "at least 0"),
+        ({"presence_penalty": True}, "presence_penalty", "expected a number"),
+        ({"seed": 1.5}, "seed", "expected an integer"),
+        ({"stop": 7}, "stop", "a string or an array of up to 4 strings"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "a string or an array of up to 4 strings"),
+        ({"user": 42}, "user", "expected a string"),
+        ({"logprobs": "yes"}, "logprobs", "expected a boolean"),
+        ({"top_logprobs": 21}, "top_logprobs", "at most 20"),
+        ({"logit_bias": {"50256": 200}}, "logit_bias", "from -100 to 100"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when 'stream' is enabled"),
+        ({"temprature": 0.5}, None, "Unrecognized request argument supplied: temprature"),
+    ],
+)
+def test_wrongly_typed_or_unknown_parameters_get_a_400_naming_them(extra: dict, param: str | None, message: str) -> None:
+    client, provider, _ = client_for([])
+    with pytest.raises(openai.BadRequestError, match=message) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, extra_body=extra)
+    assert raised.value.param == param
+    assert provider.log[-1].status == 400
+
+
+def test_well_typed_parameters_are_accepted() -> None:
+    client, _, _ = client_for([])
+    reply = client.chat.completions.create(
+        model="gpt-4o-mini", messages=HELLO, temperature=0, top_p=1, presence_penalty=-2, frequency_penalty=2.0, seed=7,
+        stop=["\n\n"], user="u-1", logprobs=False, top_logprobs=0, logit_bias={"50256": -100}, n=1, store=False,
+        metadata={"team": "support"})
+    assert reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("path", "shown"), [("/v1/embeddings", "/v1/embeddings"), ("/v1", "/v1"), ("/nothing", "/nothing")])
+def test_an_unknown_path_is_reported_as_it_was_asked_for(path: str, shown: str) -> None:
+    reply = SimProvider().handle("GET", path, {}, b"")
+    assert reply.status == 404
+    assert json.loads(reply.body)["error"]["message"] == f"Invalid URL (GET {shown})"

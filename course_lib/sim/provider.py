@@ -21,30 +21,18 @@ from typing import Any, Literal
 from ..clock import SYSTEM_CLOCK, Clock
 from .faults import FaultPlan
 from .models import MODELS, count_prompt_tokens, encoding_for
+from .requests import ApiError, validate_chat
 
 __all__ = ["SimProvider", "SimReply", "CallRecord", "ApiError"]
 
-CREATED_EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z: `created` stamps are this plus clock time
-ROLES = {"system", "developer", "user", "assistant", "tool"}
+MODELS_CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z, the `created` date of every model card
+API_VERSION = "2020-10-01"  # what OpenAI sends in its `openai-version` header
 WORDS = (
     "your request has been received and the answer depends on the details of the order the "
     "policy allows a refund within thirty days when the item is unused and the receipt is kept "
     "our team reviews each case and replies by email shipping costs are covered when we made a "
     "mistake otherwise a small fee applies please keep the tracking number for reference"
 ).split()
-
-
-class ApiError(Exception):
-    """An OpenAI-style error reply: status plus `{"error": {message, type, param, code}}`."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", *,
-                 param: str | None = None, code: str | None = None, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -75,6 +63,16 @@ class CallRecord:
 
 def _json(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """Token usage with the detail objects the real API always includes (nothing is cached,
+    no reasoning or audio tokens in the simulator)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0}}
 
 
 class SimProvider:
@@ -109,10 +107,11 @@ class SimProvider:
                 reply = SimReply(500, {"content-type": "application/json"}, _json(failure.body()))
             reply.headers.setdefault("x-request-id", request_id)
             reply.headers.setdefault("openai-processing-ms", str(round(reply.delay * 1000)))
+            reply.headers.setdefault("openai-version", API_VERSION)
             return reply
 
     def _route(self, method: str, path: str, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
-        path = path.split("?", 1)[0]
+        asked = path = path.split("?", 1)[0]
         if path.startswith("/v1/"):
             path = path[3:]
         if method == "POST" and path == "/chat/completions":
@@ -124,7 +123,7 @@ class SimProvider:
             if name not in MODELS:
                 raise ApiError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found")
             return self._ok(self._model_card(name))
-        raise ApiError(404, f"Invalid URL ({method} /v1{path})")
+        raise ApiError(404, f"Invalid URL ({method} {asked})")
 
     @staticmethod
     def _ok(data: Any) -> SimReply:
@@ -132,12 +131,12 @@ class SimProvider:
 
     @staticmethod
     def _model_card(name: str) -> dict[str, Any]:
-        return {"id": name, "object": "model", "created": CREATED_EPOCH, "owned_by": "course-lib-sim"}
+        return {"id": name, "object": "model", "created": MODELS_CREATED, "owned_by": "course-lib-sim"}
 
     # --- chat completions ---------------------------------------------------------------------
     def _chat(self, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
         try:
-            request = self._validate(headers, body)
+            request = validate_chat(headers, body)
         except ApiError as error:
             self.log.append(CallRecord(t, None, error.status))
             raise
@@ -170,63 +169,17 @@ class SimProvider:
         tokens, finish = self._reply(model, messages, limit)
         text, completion_tokens = encoding_for(model).decode(tokens), len(tokens)
         self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": CREATED_EPOCH + int(t), "model": model,
-                  "system_fingerprint": "fp_course_lib_sim"}
+        usage = _usage(prompt_tokens, completion_tokens)
+        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": int(self.clock.wall()), "model": model,
+                  "service_tier": "default", "system_fingerprint": "fp_course_lib_sim"}
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
                             chunks=self._stream(common, model, tokens, finish, usage if include_usage else None), delay=delay)
-        message = {"role": "assistant", "content": text, "refusal": None}
+        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
         completion = {**common, "object": "chat.completion", "usage": usage,
                       "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
         return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=delay)
-
-    def _validate(self, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-        auth = headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or not auth[7:].strip():
-            raise ApiError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.", code="invalid_api_key")
-        try:
-            request = json.loads(body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ApiError(400, f"We could not parse the JSON body of your request ({error}).") from None
-        if not isinstance(request, dict):
-            raise ApiError(400, "The request body must be a JSON object.")
-        model = request.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "You must provide a model parameter.", param="model")
-        if model not in MODELS:
-            raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found")
-        messages = request.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty array of message objects.", param="messages")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ROLES:
-                got = message.get("role") if isinstance(message, dict) else message
-                raise ApiError(400, f"Invalid value for 'messages[{i}].role': {got!r}; expected one of {sorted(ROLES)}.",
-                               param=f"messages[{i}].role")
-            content = message.get("content")
-            if not isinstance(content, (str, list, type(None))):
-                raise ApiError(400, f"Invalid type for 'messages[{i}].content': expected a string or an array of parts.",
-                               param=f"messages[{i}].content")
-            for j, part in enumerate(content if isinstance(content, list) else ()):
-                if not isinstance(part, dict) or not isinstance(part.get("text", ""), str):
-                    raise ApiError(400, f"Invalid content part 'messages[{i}].content[{j}]': expected an object whose 'text' is a string.",
-                                   param=f"messages[{i}].content[{j}]")
-            if not isinstance(message.get("name", ""), str):
-                raise ApiError(400, f"Invalid type for 'messages[{i}].name': expected a string.", param=f"messages[{i}].name")
-        most = MODELS[model].max_output_tokens
-        for name in ("max_tokens", "max_completion_tokens"):
-            value = request.get(name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most):
-                raise ApiError(400, f"Invalid '{name}': expected an integer from 1 to {most} for {model}, got {value!r}.", param=name)
-        if request.get("n", 1) != 1:
-            raise ApiError(400, "The simulator supports only n=1.", param="n")
-        if not isinstance(request.get("stream", False), bool):
-            raise ApiError(400, "Invalid type for 'stream': expected a boolean.", param="stream")
-        if not isinstance(request.get("stream_options") or {}, dict):
-            raise ApiError(400, "Invalid type for 'stream_options': expected an object.", param="stream_options")
-        return request
 
     def _fault_for(self, model: str, t: float) -> dict[str, Any]:
         """The fault that decides this request (none: only "delay"), plus the delay of every
@@ -290,7 +243,7 @@ class SimProvider:
         return tokens, "stop"
 
     @staticmethod
-    def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, int] | None) -> list[bytes]:
+    def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, Any] | None) -> list[bytes]:
         encoding = encoding_for(model)
         pieces = [encoding.decode(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
         extra = {"usage": None} if usage is not None else {}
