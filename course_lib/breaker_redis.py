@@ -8,19 +8,36 @@ half-way through a transition. In async code use `AsyncRedisState` with a `redis
 client: a synchronous client would block the event loop for every decision. Time comes from
 the Redis server (`TIME`) unless a clock is given (tests and notebooks pass a VirtualClock):
 app servers' clocks differ, Redis's is one.
-If Redis fails, the breaker decides locally for that call and says so in a warning log and a
-`StoreFallback` event; a broken cache never fails the call it was meant to protect.
+
+A broken store never fails, nor stalls, the call it protects. With redis-py's defaults (5 s
+socket timeouts, retries with backoff) a dead Redis added 3-4.5 s to every guarded call and a
+frozen one up to a minute. So each Redis call is bounded by `timeout` (0.25 s) whatever the
+client's settings (`RedisState` talks through a copy of the client's pool with socket timeouts
+capped and retries off, `AsyncRedisState` cuts the call off), and after a failure the state logs
+one warning, emits a `StoreFallback` event and decides locally (a `LocalState`) without asking
+Redis for `store_retry_seconds` (5 s on the breaker's clock), then asks again; it logs when Redis
+answers again. Still give clients short timeouts and no retries of their own: an async call cut
+off costs its connection a reconnect, and a client used as given (`timeout=None`) is bounded by
+its own settings only:
+
+    redis.Redis(..., socket_timeout=0.25, socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0))
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from ._wrapping import check
 from .breaker import NO_MOVES, BreakerPolicy, LocalState, Moves, Ticket, Verdict
 from .clock import Clock
 from .events import Event, StoreFallback
@@ -139,18 +156,50 @@ def _number(value: float) -> str:
     return repr(float(value))  # full precision: str() of a Lua number would round
 
 
+# Connection settings a redis-py pool adds for itself (maintenance notifications, redis-py 7+):
+# they belong to the caller's pool, so a copy must not inherit them.
+_POOL_OWNED = frozenset({"maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler",
+                         "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout"})
+
+
+def _with_timeout(client: Any, timeout: float) -> redis.Redis:
+    """A client for the same server whose connects and reads give up after `timeout` seconds, and
+    never retry, on a pool of its own: the caller's client keeps its settings. A synchronous
+    call cannot be cut off from outside, so the sockets must be."""
+    pool: Any = getattr(client, "connection_pool", None)
+    if type(pool) not in (redis.ConnectionPool, redis.BlockingConnectionPool):
+        kind = type(client if pool is None else pool).__name__
+        raise TypeError(f"RedisState cannot bound the time of Redis calls through a {kind} (it copies only a plain "
+                        "ConnectionPool): give the client socket_timeout, socket_connect_timeout and "
+                        "retry=Retry(NoBackoff(), 0) yourself, and pass timeout=None")
+    kwargs = {key: value for key, value in pool.connection_kwargs.items() if key not in _POOL_OWNED}
+    for key in ("socket_timeout", "socket_connect_timeout"):
+        kwargs[key] = min(kwargs.get(key) or timeout, timeout)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
 class _RedisScripts:
     """What the sync and async Redis states share: keys, script arguments, parsing, fallback."""
 
     def __init__(self, client: Any, name: str, policy: BreakerPolicy, clock: Clock | None, prefix: str,
-                 on_event: Callable[[Event], None] | None) -> None:
+                 on_event: Callable[[Event], None] | None, timeout: float | None, store_retry_seconds: float) -> None:
+        check(timeout is None or (math.isfinite(timeout) and timeout > 0), "timeout", "> 0 seconds or None", timeout)
+        check(math.isfinite(store_retry_seconds) and store_retry_seconds >= 0, "store_retry_seconds", ">= 0", store_retry_seconds)
         self.client, self.name, self.policy, self.clock, self.on_event = client, name, policy, clock, on_event
+        self.timeout, self.store_retry_seconds = timeout, store_retry_seconds
         # One hash tag for both keys, so that a Redis Cluster keeps them in one slot for the scripts.
         self.keys = [f"{{{prefix}:{name}}}", f"{{{prefix}:{name}}}:window"]
         self.fallback = LocalState(policy)
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
-        self._current = client.register_script(_CURRENT)
+        self._retry_at: float | None = None  # while Redis is failing: when to ask it again (breaker's clock)
+        self._outage_lock = threading.Lock()
+        self.redis = self._bounded(client)  # what the state talks to Redis through
+        self._admit = self.redis.register_script(_ADMIT)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._current = self.redis.register_script(_CURRENT)
+
+    def _bounded(self, client: Any) -> Any:
+        return client
 
     def _now_arg(self) -> str:
         return _number(self.clock.now()) if self.clock is not None else ""
@@ -176,13 +225,34 @@ class _RedisScripts:
             return "half-open"
         return state
 
-    def _fall_back(self, operation: str, now: float, error: Exception) -> None:
-        log.warning("breaker %r: Redis %s failed (%s: %s); deciding locally", self.name, operation, type(error).__name__, error)
-        if self.on_event is not None:
-            self.on_event(StoreFallback(now, self.name, operation, f"{type(error).__name__}: {error}"))
+    def _resting(self, now: float) -> bool:
+        """True while a recent failure says: decide locally, do not wait for Redis."""
+        retry_at = self._retry_at
+        return retry_at is not None and now < retry_at
 
-    def _admit_locally(self, now: float, error: Exception) -> tuple[Ticket | None, float, Moves]:
-        self._fall_back("admit", now, error)
+    def _failed(self, operation: str, now: float, error: Exception) -> None:
+        """Redis failed: decide locally for `store_retry_seconds`. One warning per outage (a
+        debug line for each failed retry), one event per failed Redis call."""
+        with self._outage_lock:
+            news, self._retry_at = self._retry_at is None, now + self.store_retry_seconds
+        detail = f"{type(error).__name__}: {error}"
+        if news:
+            log.warning("breaker %r: Redis %s failed (%s); deciding locally for the next %gs",
+                        self.name, operation, detail, self.store_retry_seconds)
+        else:
+            log.debug("breaker %r: Redis %s still failing (%s)", self.name, operation, detail)
+        if self.on_event is not None:
+            self.on_event(StoreFallback(now, self.name, operation, detail))
+
+    def _answered(self) -> None:
+        if self._retry_at is None:
+            return
+        with self._outage_lock:
+            news, self._retry_at = self._retry_at is not None, None
+        if news:
+            log.info("breaker %r: Redis answers again; the shared state decides", self.name)
+
+    def _admit_locally(self, now: float) -> tuple[Ticket | None, float, Moves]:
         ticket, retry_in, moves = self.fallback.admit(now)
         # Local tickets carry a negative generation so that settle knows where they belong.
         return (None if ticket is None else (-1 - ticket[0], ticket[1], ticket[2])), retry_in, moves
@@ -193,76 +263,102 @@ class _RedisScripts:
 
 
 class RedisState(_RedisScripts):
-    """`BreakerState` kept in Redis (a hash and a list under `{prefix:name}`), for sync clients."""
+    """`BreakerState` kept in Redis (a hash and a list under `{prefix:name}`), for sync clients.
+
+    Redis calls go through a copy of the client's pool whose connects and reads time out after
+    `timeout` seconds, without retries (the client you pass keeps its own settings). A client
+    whose pool cannot be copied (Sentinel, Cluster, a custom pool) is refused unless you pass
+    `timeout=None`, which uses it as given: then give it short timeouts and no retries. After a
+    Redis failure the state decides locally for `store_retry_seconds` on the breaker's clock.
+    A ticket is settled where it was admitted; a shared one settled while Redis is down is dropped
+    (a probe's slot is then freed after `probe_timeout`)."""
 
     def __init__(self, client: redis.Redis, name: str, policy: BreakerPolicy, *, clock: Clock | None = None,
-                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None) -> None:
+                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None,
+                 timeout: float | None = 0.25, store_retry_seconds: float = 5.0) -> None:
         if isinstance(client, redis.asyncio.Redis):
             raise TypeError("client must be a synchronous redis.Redis; for a redis.asyncio client use AsyncRedisState")
-        super().__init__(client, name, policy, clock, prefix, on_event)
+        super().__init__(client, name, policy, clock, prefix, on_event, timeout, store_retry_seconds)
+
+    def _bounded(self, client: Any) -> Any:
+        return client if self.timeout is None else _with_timeout(client, self.timeout)
+
+    def _run(self, script: Any, args: list[Any], operation: str, now: float) -> Any:
+        """The script's answer, or None if Redis failed now or recently: then decide locally."""
+        if self._resting(now):
+            return None
+        try:
+            result = script(keys=self.keys, args=args)
+        except redis.RedisError as error:
+            self._failed(operation, now, error)
+            return None
+        self._answered()
+        return result
 
     def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
-        try:
-            result = self._admit(keys=self.keys, args=self._admit_args())
-        except redis.RedisError as error:
-            return self._admit_locally(now, error)
-        return self._admitted(result, now)
+        result = self._run(self._admit, self._admit_args(), "admit", now)
+        return self._admit_locally(now) if result is None else self._admitted(result, now)
 
     def settle(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
         if ticket[0] < 0:
             return self._settle_locally(ticket, verdict, now)
-        try:
-            return _moves(self._settle(keys=self.keys, args=self._settle_args(ticket, verdict)))
-        except redis.RedisError as error:
-            self._fall_back("settle", now, error)
-            return NO_MOVES
+        result = self._run(self._settle, self._settle_args(ticket, verdict), "settle", now)
+        return NO_MOVES if result is None else _moves(result)
 
     def current(self, now: float) -> str:
-        try:
-            return self._current_of(self._current(keys=self.keys, args=[self._now_arg()]))
-        except redis.RedisError as error:
-            self._fall_back("read", now, error)
-            return self.fallback.current(now)
+        result = self._run(self._current, [self._now_arg()], "read", now)
+        return self.fallback.current(now) if result is None else self._current_of(result)
 
     def reset(self) -> None:
         """Forget the shared state (closed, empty window)."""
-        self.client.delete(*self.keys)
+        self.redis.delete(*self.keys)
 
 
 class AsyncRedisState(_RedisScripts):
     """The same state for `redis.asyncio` clients: every decision is awaited, so an async
     service never blocks its event loop on Redis. A breaker with this state guards async
-    callables (use `await breaker.call(...)`, `await breaker.astate()`)."""
+    callables (use `await breaker.call(...)`, `await breaker.astate()`).
+
+    Each Redis call is cut off after `timeout` seconds (`asyncio.timeout`, so a Sentinel client
+    works too; `None` turns this off); the rest is as in `RedisState`."""
 
     def __init__(self, client: redis.asyncio.Redis, name: str, policy: BreakerPolicy, *, clock: Clock | None = None,
-                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None) -> None:
+                 prefix: str = "course_lib:breaker", on_event: Callable[[Event], None] | None = None,
+                 timeout: float | None = 0.25, store_retry_seconds: float = 5.0) -> None:
         if not isinstance(client, redis.asyncio.Redis):
             raise TypeError("client must be a redis.asyncio.Redis; for a synchronous client use RedisState")
-        super().__init__(client, name, policy, clock, prefix, on_event)
+        super().__init__(client, name, policy, clock, prefix, on_event, timeout, store_retry_seconds)
+
+    async def _run(self, script: Any, args: list[Any], operation: str, now: float) -> Any:
+        """The script's answer, or None if Redis failed (or was too slow) now or recently."""
+        if self._resting(now):
+            return None
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await script(keys=self.keys, args=args)
+        except redis.RedisError as error:
+            self._failed(operation, now, error)
+            return None
+        except TimeoutError:  # ours: redis-py's own timeouts are RedisErrors
+            self._failed(operation, now, redis.TimeoutError(f"no answer within {self.timeout:g}s"))
+            return None
+        self._answered()
+        return result
 
     async def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
-        try:
-            result = await self._admit(keys=self.keys, args=self._admit_args())
-        except redis.RedisError as error:
-            return self._admit_locally(now, error)
-        return self._admitted(result, now)
+        result = await self._run(self._admit, self._admit_args(), "admit", now)
+        return self._admit_locally(now) if result is None else self._admitted(result, now)
 
     async def settle(self, ticket: Ticket, verdict: Verdict, now: float) -> Moves:
         if ticket[0] < 0:
             return self._settle_locally(ticket, verdict, now)
-        try:
-            return _moves(await self._settle(keys=self.keys, args=self._settle_args(ticket, verdict)))
-        except redis.RedisError as error:
-            self._fall_back("settle", now, error)
-            return NO_MOVES
+        result = await self._run(self._settle, self._settle_args(ticket, verdict), "settle", now)
+        return NO_MOVES if result is None else _moves(result)
 
     async def current(self, now: float) -> str:
-        try:
-            return self._current_of(await self._current(keys=self.keys, args=[self._now_arg()]))
-        except redis.RedisError as error:
-            self._fall_back("read", now, error)
-            return self.fallback.current(now)
+        result = await self._run(self._current, [self._now_arg()], "read", now)
+        return self.fallback.current(now) if result is None else self._current_of(result)
 
     async def reset(self) -> None:
         """Forget the shared state (closed, empty window)."""
-        await self.client.delete(*self.keys)
+        await self.redis.delete(*self.keys)

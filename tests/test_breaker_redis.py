@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 
 import fakeredis
 import openai
@@ -169,6 +176,7 @@ def test_a_probe_whose_outcome_never_reached_redis_does_not_wedge_the_breaker(re
     state._settle = _unreachable  # Redis blips while the probe's outcome is being recorded
     assert breaker.call(lambda: "probe ok") == "probe ok"
     state._settle = real_settle
+    clock.advance(state.store_retry_seconds)  # the failed settle made the state decide locally for a while
     with pytest.raises(BreakerOpen, match="probe calls already in flight"):
         breaker.call(lambda: "refused")  # the lost probe still holds the slot...
     clock.advance(30)
@@ -278,9 +286,279 @@ async def test_async_state_falls_back_locally_when_redis_fails() -> None:
         await breaker.call(fails)
     with pytest.raises(BreakerOpen):
         await breaker.call(fails)
-    assert [e.operation for e in events.of(StoreFallback)] == ["admit", "admit"]
+    assert [e.operation for e in events.of(StoreFallback)] == ["admit"]  # the second call did not ask Redis
 
 
 def test_each_state_refuses_the_other_kind_of_client() -> None:
     with pytest.raises(TypeError, match="for a synchronous client use RedisState"):
         AsyncRedisState(fakeredis.FakeRedis(), "b", BreakerPolicy())
+
+
+# --- a Redis outage must not slow down the calls the breaker guards -------------------------
+# The clients below use redis-py's defaults (5 s socket timeouts, retries with backoff), as the
+# README's plain `redis.Redis(...)` does: the state must bound its own calls whatever the client.
+REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
+CLOSED_PORT = 1  # nothing listens on port 1: connections are refused at once
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command any Redis client sends from now on (sync or async, real or fake)."""
+    commands: list[str] = []
+    sync_execute, async_execute = redis.Redis.execute_command, redis.asyncio.Redis.execute_command
+
+    def execute(self, *args, **options):
+        commands.append(str(args[0]))
+        return sync_execute(self, *args, **options)
+
+    async def aexecute(self, *args, **options):
+        commands.append(str(args[0]))
+        return await async_execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", execute)
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", aexecute)
+    return commands
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[tuple[subprocess.Popen, str]]:
+    """A redis-server for this test alone, which it may freeze with SIGSTOP (the session-wide one
+    must stay usable). Same policy as conftest: skipped without the binary, unless required."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if REQUIRE_REAL_REDIS:
+            pytest.fail(message + "; COURSE_LIB_REQUIRE_REDIS=1 makes it mandatory")
+        pytest.skip(message)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+    try:
+        for _ in range(200):
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None:
+                    pytest.fail(f"redis-server exited with code {process.returncode}")
+                time.sleep(0.02)
+        else:
+            pytest.fail("redis-server did not answer PING within 4 s")
+        yield process, url
+    finally:
+        probe.close()
+        process.send_signal(signal.SIGCONT)  # a stopped process would hold SIGTERM until resumed
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "course_lib.breaker" and r.levelno == logging.WARNING]
+
+
+def test_a_dead_redis_costs_one_quick_failure_then_is_left_alone_for_a_while(
+        sent: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy()
+    state = RedisState(redis.Redis(host="127.0.0.1", port=CLOSED_PORT), "dead", policy, on_event=events)
+    breaker = CircuitBreaker(policy, clock=clock, state=state)
+
+    started = time.monotonic()
+    assert breaker.call(lambda: "served") == "served"
+    assert time.monotonic() - started < 0.5  # redis-py's own retries and backoff took 3-4.5 s
+    asked = len(sent)
+    assert asked >= 1
+
+    started = time.monotonic()
+    for _ in range(20):  # the quiet period, on the breaker's clock
+        assert breaker.call(lambda: "served") == "served"
+        clock.advance(state.store_retry_seconds / 25)
+    assert breaker.state == "closed"
+    assert len(sent) == asked  # Redis was not asked at all
+    assert time.monotonic() - started < 0.5
+    assert [e.operation for e in events.of(StoreFallback)] == ["admit"]
+    assert len(_warnings(caplog)) == 1
+
+    clock.advance(state.store_retry_seconds)
+    assert breaker.call(lambda: "served") == "served"
+    assert len(sent) > asked  # time is up: Redis is asked again...
+    assert [e.operation for e in events.of(StoreFallback)] == ["admit", "admit"]
+    assert len(_warnings(caplog)) == 1  # ...and still failing is not news for the log
+
+
+def test_tickets_are_settled_where_they_were_admitted_across_an_outage(
+        sent: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="course_lib.breaker")
+    server, clock = fakeredis.FakeServer(), VirtualClock()
+    policy = BreakerPolicy(failure_threshold=1, open_seconds=60)
+    state = RedisState(fakeredis.FakeRedis(server=server), "flaky", policy, clock=clock, store_retry_seconds=5)
+    breaker = CircuitBreaker(policy, clock=clock, state=state)
+    other_worker = CircuitBreaker(policy, clock=clock, state=RedisState(fakeredis.FakeRedis(server=server), "flaky", policy, clock=clock))
+
+    shared_ticket = breaker.admit()  # Redis answers: a shared ticket
+    server.connected = False
+    local_ticket = breaker.admit()  # Redis fails: decided locally
+    asked = len(sent)
+    breaker.settle(shared_ticket, ERRORS["failure"])  # Redis is down: the outcome is dropped, not sent
+    assert len(sent) == asked
+    assert breaker.state == "closed"  # and not counted locally either (threshold 1)
+
+    server.connected = True
+    clock.advance(4.9)
+    assert breaker.call(lambda: "local") == "local"
+    assert len(sent) == asked  # still the quiet period, although Redis is back
+    clock.advance(0.1)
+    breaker.settle(local_ticket, ERRORS["failure"])  # a local ticket is settled locally...
+    assert len(sent) == asked
+    assert state.fallback.current(clock.now()) == "open"  # ...and trips the local breaker only
+    assert not any("answers again" in r.getMessage() for r in caplog.records)
+
+    assert breaker.state == "closed"  # the shared state decides again
+    assert len(sent) > asked
+    assert [r.levelname for r in caplog.records if "answers again" in r.getMessage()] == ["INFO"]
+    with pytest.raises(openai.InternalServerError):
+        other_worker.call(_raise, ERRORS["failure"])
+    with pytest.raises(BreakerOpen):  # another worker's trip is obeyed
+        breaker.call(lambda: "refused")
+    assert len(_warnings(caplog)) == 1  # one outage, one warning
+
+
+def test_a_frozen_redis_costs_one_short_timeout_then_is_left_alone_for_a_while(
+        own_redis_server: tuple[subprocess.Popen, str], sent: list[str]) -> None:
+    process, url = own_redis_server
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy(failure_threshold=2, open_seconds=60)
+    state = RedisState(redis.Redis.from_url(url), "frozen", policy, on_event=events)
+    breaker = CircuitBreaker(policy, clock=clock, state=state)
+    assert breaker.call(lambda: "shared") == "shared"  # the state now holds a connection
+
+    process.send_signal(signal.SIGSTOP)  # TCP still accepted by the kernel, nothing answers
+    started = time.monotonic()
+    assert breaker.call(lambda: "served") == "served"  # a read on the pooled connection
+    assert time.monotonic() - started < 1.5  # redis-py's defaults: 5 s here, ~58 s on a new connection
+    fresh = CircuitBreaker(policy, clock=clock, state=RedisState(redis.Redis.from_url(url), "frozen", policy))
+    started = time.monotonic()
+    assert fresh.call(lambda: "served") == "served"  # a new connection: accepted, never greeted
+    assert time.monotonic() - started < 1.5
+
+    asked = len(sent)
+    started = time.monotonic()
+    for _ in range(20):
+        assert breaker.call(lambda: "served") == "served"
+    assert time.monotonic() - started < 0.5 and len(sent) == asked
+    assert [e.operation for e in events.of(StoreFallback)] == ["admit"]
+
+    process.send_signal(signal.SIGCONT)
+    other_worker = CircuitBreaker(policy, clock=clock, state=RedisState(redis.Redis.from_url(url), "frozen", policy))
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            other_worker.call(_raise, ERRORS["failure"])
+    assert breaker.call(lambda: "served") == "served"  # still deciding locally...
+    clock.advance(state.store_retry_seconds)
+    with pytest.raises(BreakerOpen):  # ...until the quiet period ends: the shared breaker is open
+        breaker.call(lambda: "refused")
+
+
+async def test_a_dead_redis_costs_an_async_breaker_one_quick_failure_then_nothing_for_a_while(
+        sent: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy()
+    client = redis.asyncio.Redis(host="127.0.0.1", port=CLOSED_PORT)
+    state = AsyncRedisState(client, "dead", policy, on_event=events)
+    breaker = CircuitBreaker(policy, clock=clock, state=state)
+
+    async def answer() -> str:
+        return "served"
+
+    try:
+        started = time.monotonic()
+        assert await breaker.call(answer) == "served"
+        assert time.monotonic() - started < 0.5
+        asked = len(sent)
+        for _ in range(20):
+            assert await breaker.call(answer) == "served"
+            clock.advance(state.store_retry_seconds / 25)
+        assert await breaker.astate() == "closed"
+        assert len(sent) == asked
+        assert len(events.of(StoreFallback)) == 1 and len(_warnings(caplog)) == 1
+        clock.advance(state.store_retry_seconds)
+        assert await breaker.call(answer) == "served"
+        assert len(sent) > asked and len(events.of(StoreFallback)) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_frozen_redis_costs_an_async_breaker_one_short_timeout(
+        own_redis_server: tuple[subprocess.Popen, str], sent: list[str]) -> None:
+    process, url = own_redis_server
+    clock, events = VirtualClock(), Recorder()
+    policy = BreakerPolicy(failure_threshold=2, open_seconds=60)
+    clients = [redis.asyncio.Redis.from_url(url) for _ in range(3)]
+    state = AsyncRedisState(clients[0], "frozen", policy, on_event=events)
+    breaker = CircuitBreaker(policy, clock=clock, state=state)
+
+    async def answer() -> str:
+        return "served"
+
+    async def down() -> None:
+        raise TimeoutError("provider down")
+
+    try:
+        assert await breaker.call(answer) == "served"
+        process.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        assert await breaker.call(answer) == "served"
+        assert time.monotonic() - started < 1.5
+        fresh = CircuitBreaker(policy, clock=clock, state=AsyncRedisState(clients[1], "frozen", policy))
+        started = time.monotonic()
+        assert await fresh.call(answer) == "served"
+        assert time.monotonic() - started < 1.5
+
+        asked = len(sent)
+        started = time.monotonic()
+        for _ in range(20):
+            assert await breaker.call(answer) == "served"
+        assert time.monotonic() - started < 0.5 and len(sent) == asked
+        assert [e.operation for e in events.of(StoreFallback)] == ["admit"]
+
+        process.send_signal(signal.SIGCONT)
+        other_worker = CircuitBreaker(policy, clock=clock, state=AsyncRedisState(clients[2], "frozen", policy))
+        for _ in range(2):
+            with pytest.raises(TimeoutError):
+                await other_worker.call(down)
+        assert await breaker.call(answer) == "served"
+        clock.advance(state.store_retry_seconds)
+        with pytest.raises(BreakerOpen):
+            await breaker.call(answer)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def test_the_state_leaves_the_callers_client_as_it_was() -> None:
+    client = redis.Redis(host="127.0.0.1", port=CLOSED_PORT)
+    settings_before = dict(client.connection_pool.connection_kwargs)
+    RedisState(client, "b", BreakerPolicy(), timeout=0.1)
+    assert client.connection_pool.connection_kwargs == settings_before
+
+
+def test_a_pool_the_state_cannot_copy_is_refused_unless_timeout_is_none() -> None:
+    class CustomPool(redis.ConnectionPool):
+        pass
+
+    client = redis.Redis(connection_pool=CustomPool(host="127.0.0.1", port=CLOSED_PORT))
+    with pytest.raises(TypeError, match=r"CustomPool.*socket_timeout.*timeout=None"):
+        RedisState(client, "b", BreakerPolicy())
+    assert RedisState(client, "b", BreakerPolicy(), timeout=None).redis is client  # used as given: its settings rule
+
+
+@pytest.mark.parametrize("setting", [{"timeout": 0}, {"timeout": -1.0}, {"store_retry_seconds": -1}, {"store_retry_seconds": float("nan")}])
+def test_outage_settings_are_checked(setting: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        RedisState(fakeredis.FakeRedis(), "b", BreakerPolicy(), **setting)
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        AsyncRedisState(fakeredis.FakeAsyncRedis(), "b", BreakerPolicy(), **setting)
