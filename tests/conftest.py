@@ -8,18 +8,23 @@ CI), where it fails instead, so a missing server can never pass quietly.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
 import redis
 
 REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
+EXECUTED = Path(__file__).resolve().parents[1] / "build" / "executed"
+SESSION_STARTED = time.time()
 
 
 def _free_port() -> int:
@@ -75,3 +80,22 @@ def redis_client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def executed_notebook() -> Callable[[Path], dict[str, Any]]:
+    """The executed form of a notebook: the copy nbmake wrote in this session (`make test` runs
+    `pytest --nbmake --overwrite build/executed` first), or else one executed here."""
+
+    def get(path: Path) -> dict[str, Any]:
+        copy = EXECUTED / path.name
+        if copy.exists() and copy.stat().st_mtime >= SESSION_STARTED:
+            return json.loads(copy.read_text())
+        import nbformat
+        from nbclient import NotebookClient
+
+        notebook = nbformat.read(path, as_version=4)
+        NotebookClient(notebook, timeout=120, resources={"metadata": {"path": str(path.parent)}}).execute()
+        return notebook  # type: ignore[no-any-return]
+
+    return get
