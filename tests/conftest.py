@@ -8,9 +8,11 @@ CI), where it fails instead, so a missing server can never pass quietly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,9 +35,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
-    """A real redis-server for the whole session, or a skip (a failure under CI)."""
+@contextlib.contextmanager
+def running_redis_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real redis-server on a free loopback port, persistence off: (process, url). Skips the
+    test without the binary, or fails it under COURSE_LIB_REQUIRE_REDIS=1 (as in CI)."""
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (apt-get install -y redis-server)"
@@ -49,7 +52,7 @@ def redis_server_url() -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=1)
     try:
         for _ in range(200):
             try:
@@ -61,11 +64,19 @@ def redis_server_url() -> Iterator[str]:
                 time.sleep(0.02)
         else:
             pytest.fail("redis-server did not answer PING within 4 s")
-        yield url
+        yield process, url
     finally:
         client.close()
+        process.send_signal(signal.SIGCONT)  # a test may have frozen it; a stopped process holds SIGTERM
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """A real redis-server for the whole session, or a skip (a failure under CI)."""
+    with running_redis_server() as (_, url):
+        yield url
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])

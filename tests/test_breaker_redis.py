@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +27,7 @@ from course_lib.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
 from course_lib.breaker_redis import AsyncRedisState, RedisState
 from course_lib.clock import VirtualClock
 from course_lib.events import Recorder, Rejected, StateChange, StoreFallback
+from conftest import running_redis_server
 from sdk_errors import status_error
 
 ERRORS = {"success": None, "failure": status_error(503), "ignored": status_error(400)}
@@ -297,7 +295,6 @@ def test_each_state_refuses_the_other_kind_of_client() -> None:
 # --- a Redis outage must not slow down the calls the breaker guards -------------------------
 # The clients below use redis-py's defaults (5 s socket timeouts, retries with backoff), as the
 # README's plain `redis.Redis(...)` does: the state must bound its own calls whatever the client.
-REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
 CLOSED_PORT = 1  # nothing listens on port 1: connections are refused at once
 
 
@@ -323,37 +320,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def own_redis_server() -> Iterator[tuple[subprocess.Popen, str]]:
     """A redis-server for this test alone, which it may freeze with SIGSTOP (the session-wide one
-    must stay usable). Same policy as conftest: skipped without the binary, unless required."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if REQUIRE_REAL_REDIS:
-            pytest.fail(message + "; COURSE_LIB_REQUIRE_REDIS=1 makes it mandatory")
-        pytest.skip(message)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    probe = redis.Redis.from_url(url, socket_timeout=1, retry=Retry(NoBackoff(), 0))
-    try:
-        for _ in range(200):
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None:
-                    pytest.fail(f"redis-server exited with code {process.returncode}")
-                time.sleep(0.02)
-        else:
-            pytest.fail("redis-server did not answer PING within 4 s")
-        yield process, url
-    finally:
-        probe.close()
-        process.send_signal(signal.SIGCONT)  # a stopped process would hold SIGTERM until resumed
-        process.terminate()
-        process.wait(timeout=10)
+    must stay usable)."""
+    with running_redis_server() as server:
+        yield server
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
