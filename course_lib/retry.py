@@ -7,7 +7,7 @@
 
 Works on `def` and `async def` callables alike. Only transient failures are retried (429 but
 not an exhausted quota, 408, 409, 5xx, connection errors, timeouts); a server's Retry-After is
-honoured up to a cap; an overall deadline bounds the total time; an optional `RetryBudget`
+honoured (a longer one than the policy accepts ends the retries); an overall deadline bounds the total time; an optional `RetryBudget`
 stops a fleet of clients from turning an outage into a retry storm. Build the OpenAI client
 with `max_retries=0` (see `course_lib.llm`) or every retry here multiplies the SDK's own.
 """
@@ -65,7 +65,8 @@ class RetryPolicy:
     """none: exact doubling; full: uniform(0, d); equal: d/2 + uniform(0, d/2);
     decorrelated: uniform(base, 3 * previous wait), capped."""
     max_retry_after: float = 60.0
-    """Longest server-directed wait (Retry-After) we accept; longer hints are cut to this."""
+    """Longest server-directed wait (Retry-After) we accept. A server asking for longer does not
+    want us back soon: the retry gives up ("retry-after-too-long") rather than come back early."""
 
     def __post_init__(self) -> None:
         check(isinstance(self.max_attempts, int) and self.max_attempts >= 1, "max_attempts", ">= 1", self.max_attempts)
@@ -220,10 +221,12 @@ class _Run:
         else:
             hinted = retry_after_seconds(exc)
             if hinted is not None:
-                delay, why = min(hinted, policy.max_retry_after), "retry-after"
+                delay, why = hinted, "retry-after"
             else:
                 delay = self.previous_delay = policy.backoff(self.attempt, self.previous_delay, r.rng)
-            if policy.deadline is not None and now + delay - self.started > policy.deadline:
+            if why == "retry-after" and delay > policy.max_retry_after:
+                give_up = "retry-after-too-long"
+            elif policy.deadline is not None and now + delay - self.started > policy.deadline:
                 give_up = "deadline"
             elif r.budget is not None and not r.budget.try_spend():
                 give_up = "budget"

@@ -199,13 +199,16 @@ def test_honours_retry_after_instead_of_backoff() -> None:
     assert [(w.delay, w.reason) for w in events.of(Wait)] == [(2.5, "retry-after"), (4.0, "retry-after")]
 
 
-def test_retry_after_is_capped() -> None:
+def test_a_retry_after_longer_than_we_accept_gives_up_instead_of_coming_back_early() -> None:
     clock = VirtualClock()
-    retrier, events = make(RetryPolicy(max_attempts=2, max_retry_after=20, deadline=None), clock)
+    retrier, events = make(RetryPolicy(max_attempts=3, max_retry_after=20, deadline=None), clock)
     fn = Script(status_error(429, headers={"retry-after": "3600"}), clock=clock)
 
-    assert retrier.call(fn) == "ok"
-    assert fn.calls == [0, 20]
+    with pytest.raises(openai.RateLimitError) as raised:
+        retrier.call(fn)
+    assert fn.calls == [0] and clock.now() == 0
+    assert [g.reason for g in events.of(GiveUp)] == ["retry-after-too-long"]
+    assert "(retry-after-too-long)" in raised.value.__notes__[0]
 
 
 def test_never_waits_past_the_deadline() -> None:
