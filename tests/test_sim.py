@@ -183,26 +183,23 @@ def test_context_length_exceeded_names_both_numbers() -> None:
 
 
 @pytest.mark.parametrize("model", ["gpt-4o", "gpt-3.5-turbo"])  # o200k and cl100k
-def test_text_cut_where_it_is_safe_has_exactly_the_tokens_of_the_whole(model: str) -> None:
+def test_tokens_are_exactly_those_of_bpe_openais_public_encoder(model: str) -> None:
     import random
 
-    from course_lib.sim.models import encoding_for, is_safe_cut, pieces
+    import bpe_openai
 
+    from course_lib.sim.models import encoding_for
+
+    public = bpe_openai.get_encoding(MODELS[model].encoding)
     alphabet = ["the", "Refund", "HTTP", "don't", "it\u2019s", "42", "2026", "3.14", ",", ".", "!?", "'", "(", "/", "-",
-                " ", " ", " ", "  ", "\n", "\n\n", "\t", "caf\u00e9", "\u4e2d\u6587", "\U0001f600", "e\u0301", "\u00b2"]
-    rng, encoding = random.Random(5), encoding_for(model)
-
-    def tokens(text: str) -> list[int]:
-        return encoding.encode(text, disallowed_special=())
-
-    cuts = 0
+                " ", "  ", "\n", "\n\n", "\t", "caf\u00e9", "\u4e2d\u6587", "\U0001f600", "e\u0301", "<|endoftext|>"]
+    rng = random.Random(5)
     for _ in range(300):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120)))
-        for i in (i for i in range(1, len(text)) if is_safe_cut(text, i)):
-            assert tokens(text[:i]) + tokens(text[i:]) == tokens(text), (text[:i], text[i:])
-            cuts += 1
-        assert "".join(pieces(text, size=10)) == text and all(len(p) <= 10 for p in pieces(text, size=10))
-    assert cuts > 3000
+        expected = public.encode(text, disallowed_special=())
+        assert encoding_for(model).encode(text) == expected
+        assert count_tokens(text, model) == len(expected)
+        assert encoding_for(model).decode(expected) == text
 
 
 def test_a_prompt_past_the_tokenizers_own_limits_is_counted_and_answered() -> None:

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import bpe_openai
+from bpe_openai import _bindings
 
-__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd", "pieces", "is_safe_cut"]
+__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,47 +40,20 @@ MODELS: dict[str, ModelSpec] = {
 
 @functools.cache
 def encoding_for(model: str) -> Any:
-    """The tokenizer of `model` (loaded once; the vocabularies ship inside bpe-openai)."""
-    return bpe_openai.get_encoding(MODELS[model].encoding)
+    """The tokenizer of `model`, loaded once: `encode(text)`, `decode(tokens)`, `count(text)`.
 
-
-# bpe-openai refuses more than 1,000,000 characters or 200,000 tokens in one call. A character
-# is at most 4 UTF-8 bytes and a token at least one byte, so 40,000 characters stay below both.
-_PIECE_CHARS = 40_000
+    These are bpe-openai's compiled tokenizers (its vocabularies ship inside the package, so
+    nothing is downloaded). Its Python wrapper is bypassed on purpose: building the wrapper's
+    Python tables takes over a second per process, and it refuses any text over a million
+    characters or 200,000 tokens, which gpt-4.1 accepts; the compiled tokenizer loads in
+    milliseconds and counts any length (the tests check it against the wrapper)."""
+    return _bindings.tokenizer_for_encoding(MODELS[model].encoding)
 
 
 def count_tokens(text: str, model: str) -> int:
-    """Tokens in `text` for `model`, exactly as the model's tokenizer counts them, at any length."""
-    encoding = encoding_for(model)
-    return sum(len(encoding.encode(piece, disallowed_special=())) for piece in pieces(text))
-
-
-def pieces(text: str, size: int = _PIECE_CHARS) -> list[str]:
-    """`text` cut into pieces of at most `size` characters whose tokens add up to the tokens of
-    the whole: each cut lies where both tokenizers' pre-split always breaks (before a single space
-    between two non-spaces, or between a letter or digit and punctuation). A stretch of `size`
-    characters with no such place (one huge word) is cut where it ends, which may shift the count
-    by a token."""
-    out, start = [], 0
-    while len(text) - start > size:
-        cut = _safe_cut(text, start + 1, start + size)
-        out.append(text[start:cut])
-        start = cut
-    out.append(text[start:])
-    return out
-
-
-def _safe_cut(text: str, low: int, high: int) -> int:
-    return next((i for i in range(high, low - 1, -1) if is_safe_cut(text, i)), high)
-
-
-def is_safe_cut(text: str, i: int) -> bool:
-    """True where the tokenizers' pre-split always breaks, so text[:i] and text[i:] encode to
-    exactly the tokens of text."""
-    before, here, after = text[i - 1], text[i], text[i + 1 : i + 2]
-    if here == " ":
-        return not before.isspace() and after != "" and not after.isspace()
-    return before.isalnum() and not (here.isalnum() or here.isspace() or here in "'\u2019")
+    """Tokens in `text` for `model`, as the model's tokenizer counts them (special-token text
+    such as `<|endoftext|>` counts as ordinary text, as in a chat message)."""
+    return int(encoding_for(model).count(text))
 
 
 def _text_of(content: Any) -> str:
