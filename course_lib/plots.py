@@ -31,7 +31,10 @@ OK, FAILED, RATE_LIMITED, OTHER_ERROR = "#2e9d4f", "#d1495b", "#e07a1f", "#7b5ea
 BACKOFF_WAIT, SERVER_WAIT, NO_ANSWER = "#8d99ae", "#1f6fb2", "#b0b0b0"
 REJECTED, IGNORED = "#f29e4c", "#5c6f91"
 STATE_COLOURS = {"closed": "#e3f2e6", "open": "#f8d7da", "half-open": "#fff3cd"}
-SHADES = ("#f4cdd2", "#fde2c4", "#ddd3ef", "#d6e4f0", "#d9ece4", "#f3e6b3")
+# One colour per kind of fault, the same on every chart; a window's row says which model it hit.
+FAULT_COLOURS = {"outage": "#f4cdd2", "rate_limit": "#fde2c4", "quota": "#f3e6b3", "capacity": "#ddd3ef",
+                 "hang": "#d6e4f0", "drop": "#d9ece4"}
+OTHER_FAULT = "#e2e2e2"
 REAL_ANSWER_COLOURS = ("#1f4e79", "#4a90c2", "#9cc3e4")
 DEGRADED_COLOURS = ("#e07a1f", "#8d99ae", "#c9a227")
 
@@ -44,12 +47,17 @@ class Shade:
     end: float
     label: str
     models: tuple[str, ...] | None = None
+    kind: str = ""
+
+    @property
+    def colour(self) -> str:
+        return FAULT_COLOURS.get(self.kind, OTHER_FAULT)
 
 
 Faults = Union[FaultPlan, Iterable[tuple[float, float, str]]]
 
 
-def _describe(fault: Any) -> str:
+def _describe(fault: Any, name_models: bool) -> str:
     kind = fault.kind
     text = {
         "outage": lambda: f"{fault.status} outage",
@@ -61,37 +69,42 @@ def _describe(fault: Any) -> str:
     }[kind]()
     if fault.rate < 1:
         text += f", {fault.rate:.0%} of calls"
-    return f"{', '.join(fault.models)}: {text}" if fault.models else text
+    return f"{', '.join(fault.models)}: {text}" if fault.models and name_models else text
 
 
-def fault_windows(faults: Faults) -> list[Shade]:
+def fault_windows(faults: Faults, *, name_models: bool = True) -> list[Shade]:
     """Every window of failure in a plan; latency is a slowdown, not a failure, so it is left out
-    (say so in the text when a chart's calls are slow)."""
+    (say so in the text when a chart's calls are slow). Labels name the models a fault hits
+    unless the chart shows that by row (`name_models=False`)."""
     if isinstance(faults, FaultPlan):
-        return [Shade(f.start, f.end, _describe(f), tuple(f.models) if f.models else None)
+        return [Shade(f.start, f.end, _describe(f, name_models), tuple(f.models) if f.models else None, f.kind)
                 for f in faults.faults if f.kind != "latency"]
     return [Shade(start, end, label) for start, end, label in faults]
 
 
-def _colour_per_label(shades: Sequence[Shade]) -> dict[str, str]:
-    labels = list(dict.fromkeys(s.label for s in shades))
-    return {label: SHADES[i % len(SHADES)] for i, label in enumerate(labels)}
+def _legend_of(shades: Sequence[Shade], **style: Any) -> list[Patch]:
+    """One legend entry per label, in the order first drawn."""
+    first = {shade.label: shade for shade in reversed(shades)}
+    return [Patch(facecolor=first[label].colour, label=label, **style) for label in dict.fromkeys(s.label for s in shades)]
+
+
+def _last_finite_end(shades: Sequence[Shade]) -> float:
+    return max((s.end for s in shades if math.isfinite(s.end)), default=0.0)
 
 
 def _shade(ax: Axes, shades: Sequence[Shade], until: float, rows: Mapping[str, int] | None = None) -> list[Patch]:
     """Shade each window (on the rows of its models when `rows` is given); legend handles back."""
-    colours = _colour_per_label(shades)
     for shade in shades:
         end = min(shade.end, until)
         if end <= shade.start:
             continue
         if rows is None:
-            ax.axvspan(shade.start, end, color=colours[shade.label], zorder=0)
+            ax.axvspan(shade.start, end, color=shade.colour, zorder=0)
             continue
         for name, y in rows.items():
             if name in (shade.models or MODELS):
-                ax.broken_barh([(shade.start, end - shade.start)], (y - 0.45, 0.9), color=colours[shade.label], zorder=0)
-    return [Patch(color=colour, label=label) for label, colour in colours.items()]
+                ax.broken_barh([(shade.start, end - shade.start)], (y - 0.45, 0.9), color=shade.colour, zorder=0)
+    return _legend_of(shades)
 
 
 def _figure(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -158,17 +171,19 @@ def load_chart(logs: Mapping[str, Sequence[CallRecord]], *, bin_width: float = 1
     """Calls reaching the provider over time, one panel per run, stacked by what the provider did:
     answered, refused (an error status), or no answer at all (hang or dropped connection).
     `logs` maps a run's name to its provider's `log`."""
-    names = list(logs)
+    names, windows = list(logs), fault_windows(faults)
     fig, axes = plt.subplots(len(names), 1, sharex=True, sharey=True, figsize=(9, 1.9 * len(names)),
                              layout="constrained", squeeze=False)
-    last = max((c.t for log in logs.values() for c in log), default=0.0)
+    last = max([c.t for log in logs.values() for c in log] + [_last_finite_end(windows)])
     bins = [i * bin_width for i in range(math.floor(last / bin_width) + 2)]
-    kinds = (("answered", OK, lambda s: s == 200), ("refused", FAILED, lambda s: s is not None and s != 200),
-             ("no answer", NO_ANSWER, lambda s: s is None))
+    statuses = [c.status for log in logs.values() for c in log]
+    kinds = [(label, colour, test) for label, colour, test in (
+        ("answered", OK, lambda s: s == 200), ("refused", FAILED, lambda s: s is not None and s != 200),
+        ("no answer", NO_ANSWER, lambda s: s is None)) if any(map(test, statuses))]  # only what is drawn
     shades: list[Patch] = []
     for ax, name in zip(axes[:, 0], names):
         log = logs[name]
-        shades = _shade(ax, fault_windows(faults), bins[-1])
+        shades = _shade(ax, windows, bins[-1])
         ax.hist([[c.t for c in log if test(c.status)] for _, _, test in kinds], bins=bins, stacked=True,
                 color=[colour for _, colour, _ in kinds], label=[label for label, _, _ in kinds])
         if capacity is not None:
@@ -206,9 +221,9 @@ def breaker_timeline(events: Iterable[Event], *, ax: Axes | None = None, faults:
     for start, stop, state in _state_spans(events, end):
         ax.axvspan(start, stop, color=STATE_COLOURS[state], zorder=0)
     windows = fault_windows(faults)
-    shade_colours = _colour_per_label(windows)
-    for w in windows:
-        ax.broken_barh([(w.start, min(w.end, end) - w.start)], (-0.3, 0.6), color=shade_colours[w.label], ec="grey")
+    for w in windows:  # hatched, to stand apart from the breaker's own bands behind it
+        ax.broken_barh([(w.start, min(w.end, end) - w.start)], (-0.3, 0.6), facecolor=w.colour, edgecolor="grey",
+                       hatch="///")
 
     rows = {"success": (1, OK, "o"), "failure": (2, FAILED, "x"), "ignored": (3, IGNORED, "s"), "rejected": (4, REJECTED, "|")}
     marks: dict[str, list[float]] = {kind: [] for kind in rows}
@@ -231,8 +246,7 @@ def breaker_timeline(events: Iterable[Event], *, ax: Axes | None = None, faults:
     ax.set_xlabel("time (s)")
     ax.set_title(title)
     states = [Patch(color=c, label=f"breaker {state}") for state, c in STATE_COLOURS.items()]
-    faults_drawn = [Patch(facecolor=c, edgecolor="grey", label=label) for label, c in shade_colours.items()]
-    _legend(ax, states + faults_drawn + ax.get_legend_handles_labels()[0])
+    _legend(ax, states + _legend_of(windows, edgecolor="grey", hatch="///") + ax.get_legend_handles_labels()[0])
     return fig
 
 
@@ -253,7 +267,8 @@ def fallback_chart(events: Iterable[Event], *, faults: Faults = (), title: str =
 
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(9, 4), layout="constrained", height_ratios=[2, 1])
     end = max((s.t + s.duration for s in steps), default=1.0)
-    shades = _shade(top, fault_windows(faults), end, rows={name: i for i, name in enumerate(handlers)})
+    rows = {name: i for i, name in enumerate(handlers)}
+    shades = _shade(top, fault_windows(faults, name_models=False), end, rows=rows)
     for i, name in enumerate(handlers):
         times = [started[s.call_id] for s in served if s.handler == name]
         label = f"{name}{', degraded' if name in degraded else ''} ({len(times)})"

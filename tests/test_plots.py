@@ -8,8 +8,8 @@ matplotlib.use("Agg")
 
 from course_lib.events import Attempt, CallOutcome, FallbackStep, GiveUp, Rejected, StateChange, Wait  # noqa: E402
 from course_lib.plots import (  # noqa: E402
-    BACKOFF_WAIT, FAILED, OK, RATE_LIMITED, SERVER_WAIT, STATE_COLOURS, breaker_timeline, fallback_chart, fault_windows,
-    load_chart, retry_timeline)
+    BACKOFF_WAIT, FAILED, FAULT_COLOURS, OK, RATE_LIMITED, SERVER_WAIT, STATE_COLOURS, breaker_timeline, fallback_chart,
+    fault_windows, load_chart, retry_timeline)
 from course_lib.sim import FaultPlan  # noqa: E402
 from course_lib.sim.provider import CallRecord  # noqa: E402
 
@@ -69,6 +69,9 @@ def test_load_chart_counts_what_the_provider_did_in_each_bin() -> None:
     heights = [[round(p.get_height()) for p in container] for container in top.containers]
     assert heights == [[1, 0], [1, 0], [0, 1]]  # answered, refused, no answer (stacked: cumulative)
     assert legend_labels(top) == ["answered", "refused", "no answer", "capacity (5/s)", "503 outage"]
+    only_answers = load_chart({"run": [CallRecord(0.5, "m", 200)]}, faults=[(0, 60, "60 s outage")]).axes[0]
+    assert legend_labels(only_answers) == ["answered", "60 s outage"]  # nothing listed that is not drawn
+    assert only_answers.get_xlim()[1] >= 60  # the whole window is shown, past the last call
 
 
 def test_breaker_timeline_bands_follow_the_state_changes_and_counts_each_mark() -> None:
@@ -105,9 +108,8 @@ def test_fallback_chart_shades_each_models_outage_on_its_own_row_and_marks_degra
     plan = FaultPlan(faults=[{"kind": "outage", "models": ["gpt-4o"]}, {"kind": "outage", "start": 3, "models": ["gpt-4o-mini"]}])
     top, bottom = fallback_chart(events, faults=plan).axes[:2]
     assert [t.get_text() for t in top.get_yticklabels()] == ["gpt-4o", "gpt-4o-mini", "static"]
-    assert legend_labels(top) == ["gpt-4o (0)", "gpt-4o-mini (1)", "static, degraded (1)", "gpt-4o: 503 outage",
-                                  "gpt-4o-mini: 503 outage"]
-    shaded_rows = sorted(round(c.get_paths()[0].vertices[:, 1].mean()) for c in top.collections
-                         if hasattr(c, "get_paths") and c.get_zorder() == 0)
-    assert shaded_rows == [0, 1]  # each outage on its own model's row; none on the static row
+    assert legend_labels(top) == ["gpt-4o (0)", "gpt-4o-mini (1)", "static, degraded (1)", "503 outage"]
+    shaded = [c for c in top.collections if c.get_zorder() == 0]
+    assert sorted(round(c.get_paths()[0].vertices[:, 1].mean()) for c in shaded) == [0, 1]  # not on static's row
+    assert {matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in shaded} == {FAULT_COLOURS["outage"]}
     assert bottom.collections[0].get_offsets().tolist() == [[0.0, 2.5], [3.0, 0.25]]  # arrival time, latency
