@@ -7,11 +7,14 @@ context-window checks in the notebooks see the same numbers a real provider woul
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import importlib.util
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-from bpe_openai import _bindings
 
 __all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd"]
 
@@ -43,11 +46,29 @@ def encoding_for(model: str) -> Any:
     """The tokenizer of `model`, loaded once: `encode(text)`, `decode(tokens)`, `count(text)`.
 
     These are bpe-openai's compiled tokenizers (its vocabularies ship inside the package, so
-    nothing is downloaded). Its Python wrapper is bypassed on purpose: building the wrapper's
-    Python tables takes over a second per process, and it refuses any text over a million
-    characters or 200,000 tokens, which gpt-4.1 accepts; the compiled tokenizer loads in
-    milliseconds and counts any length (the tests check it against the wrapper)."""
-    return _bindings.tokenizer_for_encoding(MODELS[model].encoding)
+    nothing is downloaded), used without its Python wrapper, which builds Python tables of
+    every token (over a second per process) and refuses any text over a million characters or
+    200,000 tokens, though gpt-4.1 accepts more. The compiled tokenizer loads in milliseconds
+    and counts any length; the tests check it against the wrapper."""
+    return _compiled_tokenizers().tokenizer_for_encoding(MODELS[model].encoding)
+
+
+@functools.cache
+def _compiled_tokenizers() -> ModuleType:
+    """bpe-openai's compiled module, loaded without running the package's `__init__`, which
+    reads every vocabulary into Python dicts (most of a second) only to list special tokens."""
+    name = "bpe_openai._bindings"
+    package = importlib.util.find_spec("bpe_openai")  # finds the folder without importing it
+    if name not in sys.modules and package is not None and package.submodule_search_locations:
+        folder = Path(next(iter(package.submodule_search_locations)))
+        for path in (folder / f"_bindings{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            spec = importlib.util.spec_from_file_location(name, path)
+            if path.exists() and spec is not None and spec.loader is not None:
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module  # a later `import bpe_openai` reuses it: it loads only once
+                spec.loader.exec_module(module)
+                return module
+    return importlib.import_module(name)  # already loaded, or another layout: the ordinary import
 
 
 def count_tokens(text: str, model: str) -> int:
