@@ -48,6 +48,11 @@ class SimReply:
     action: Literal["respond", "hang", "drop"] = "respond"
     hang_seconds: float = 0.0
 
+    @classmethod
+    def refusal(cls, error: ApiError, delay: float = 0.0) -> SimReply:
+        """An OpenAI-style JSON error reply, with the error's own headers (e.g. Retry-After)."""
+        return cls(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()), delay=delay)
+
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
@@ -101,10 +106,10 @@ class SimProvider:
             try:
                 reply = self._route(method.upper(), path.rstrip("/"), {k.lower(): v for k, v in headers.items()}, body, t, request_id)
             except ApiError as error:
-                reply = SimReply(error.status, {"content-type": "application/json", **error.headers}, _json(error.body()))
+                reply = SimReply.refusal(error)
             except Exception as bug:  # a simulator bug must look like one, not like a dropped connection
-                failure = ApiError(500, f"The simulator failed on this request ({type(bug).__name__}: {bug}).", "server_error")
-                reply = SimReply(500, {"content-type": "application/json"}, _json(failure.body()))
+                reply = SimReply.refusal(ApiError(500, f"The simulator failed on this request ({type(bug).__name__}: {bug}).",
+                                                  "server_error"))
             reply.headers.setdefault("x-request-id", request_id)
             reply.headers.setdefault("openai-processing-ms", str(round(reply.delay * 1000)))
             reply.headers.setdefault("openai-version", API_VERSION)
@@ -164,7 +169,7 @@ class SimProvider:
                 return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
             refusal: ApiError = fault["error"]
             self.log.append(CallRecord(t, model, refusal.status, kind, prompt_tokens))
-            return SimReply(refusal.status, {"content-type": "application/json", **refusal.headers}, _json(refusal.body()), delay=delay)
+            return SimReply.refusal(refusal, delay)
 
         tokens, finish = self._reply(model, messages, limit)
         text, completion_tokens = encoding_for(model).decode(tokens), len(tokens)

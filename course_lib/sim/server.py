@@ -17,7 +17,6 @@ without end): reads of a request body time out with a 408, idle keep-alive conne
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import socket
 import sys
@@ -52,11 +51,6 @@ class _Refusal(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def _error_reply(status: int, message: str) -> SimReply:
-    body = json.dumps(ApiError(status, message).body(), separators=(",", ":")).encode()
-    return SimReply(status, {"content-type": "application/json"}, body)
 
 
 class SimServer:
@@ -260,7 +254,7 @@ class SimServer:
         second at most, so that closing with unread data does not reset the connection before
         the client has read the answer."""
         self._log(writer, "(refused)", status)
-        writer.write(self._encode(_error_reply(status, message), close=True, body=True))
+        writer.write(self._encode(SimReply.refusal(ApiError(status, message)), close=True, body=True))
         with suppress(Exception):
             writer.write_eof()
             async with asyncio.timeout(1.0):
