@@ -21,17 +21,18 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # tests count; nbmake executes copies (--overwrite keeps their outputs) and leaves the committed
 # notebooks clean.
 unexport MPLBACKEND
+COPY_NOTEBOOKS = rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
 
 lab: $(INSTALLED)
 	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG)
 
 test: $(INSTALLED)
-	rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
+	$(COPY_NOTEBOOKS)
 	$(PY) -m pytest --nbmake --overwrite $(EXECUTED) tests
 
 # Static HTML of every executed notebook, charts included: build/site/index.html.
 site: $(INSTALLED)
-	rm -rf $(EXECUTED) build/site && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
+	rm -rf build/site && $(COPY_NOTEBOOKS)
 	$(PY) -m pytest -q --nbmake --overwrite $(EXECUTED)
 	$(PY) tools/build_site.py $(EXECUTED) build/site
 

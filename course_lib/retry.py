@@ -7,9 +7,10 @@
 
 Works on `def` and `async def` callables alike. Only transient failures are retried (429 but
 not an exhausted quota, 408, 409, 5xx, connection errors, timeouts); a server's Retry-After is
-honoured (a longer one than the policy accepts ends the retries); an overall deadline bounds the total time; an optional `RetryBudget`
-stops a fleet of clients from turning an outage into a retry storm. Build the OpenAI client
-with `max_retries=0` (see `course_lib.llm`) or every retry here multiplies the SDK's own.
+honoured (a longer one than the policy accepts ends the retries); an overall deadline bounds
+the waiting; an optional `RetryBudget` stops a fleet of clients from turning an outage into a
+retry storm. Build the OpenAI client with `max_retries=0` (see `course_lib.llm`) or every
+retry here multiplies the SDK's own.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
     python tools/build_site.py build/executed build/site
 
-Refuses (exit 1) when a notebook's page carries fewer charts than its `metadata.workbook.charts`
-says, so a site with a missing chart is never published.
+Refuses (exit 1) when a notebook's page carries another number of charts than its
+`metadata.workbook.charts` says, so a site with a missing chart is never published.
 """
 
 from __future__ import annotations
