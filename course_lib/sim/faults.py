@@ -7,7 +7,13 @@ Times are seconds since the provider was created, on its injected clock. Each fa
     {"seed": 7, "faults": [
         {"kind": "outage", "start": 0, "end": 30, "status": 503},
         {"kind": "rate_limit", "start": 30, "end": 40, "retry_after": 2},
-        {"kind": "latency", "seconds": 0.8, "models": ["gpt-4o"]}]}
+        {"kind": "latency", "seconds": 0.8, "models": ["gpt-4o"]},
+        {"kind": "invalid_json", "start": 40, "rate": 0.2}]}
+
+Two families. Transport faults (outage, rate_limit, quota, capacity, latency, hang, drop) decide
+whether and when a request is answered; they cover moderation requests too unless `models` says
+otherwise. Output faults (invalid_json, schema_violation, truncated, refusal, leaky) answer 200
+but change what a chat completion says: the bad output that output validation must catch.
 """
 
 from __future__ import annotations
@@ -17,11 +23,22 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .models import MODELS
+from .moderation import MODERATION_MODELS
 
-__all__ = ["FaultPlan", "FaultPlanError", "Fault"]
+__all__ = ["FaultPlan", "FaultPlanError", "Fault", "OUTPUT_KINDS", "LEAKS"]
+
+Leak = Literal["secret", "personal", "image", "link"]
+LEAKS: tuple[Leak, ...] = ("secret", "personal", "image", "link")
 
 
 class FaultPlanError(ValueError):
@@ -44,9 +61,9 @@ class _Fault(BaseModel):
     @field_validator("models")
     @classmethod
     def _known_models(cls, models: list[str] | None) -> list[str] | None:
-        unknown = sorted(set(models or ()) - MODELS.keys())
+        unknown = sorted(set(models or ()) - MODELS.keys() - set(MODERATION_MODELS))
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+            raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS) + list(MODERATION_MODELS)}")
         return models
 
     @model_validator(mode="after")
@@ -108,12 +125,83 @@ class Drop(_Fault):
     kind: Literal["drop"] = "drop"
 
 
-Fault = Annotated[Outage | RateLimit | Quota | Capacity | Latency | Hang | Drop, Field(discriminator="kind")]
+class _OutputFault(_Fault):
+    """Changes the content of a chat completion that would have succeeded (status 200 either
+    way); a request refused by a transport fault, and any moderation request, is left alone."""
+
+    @field_validator("models")
+    @classmethod
+    def _chat_models_only(cls, models: list[str] | None) -> list[str] | None:
+        moderation = sorted(set(models or ()) & set(MODERATION_MODELS))
+        if moderation:
+            raise ValueError(f"output faults change chat completions only, not moderation model(s) {moderation}")
+        return models
+
+
+class InvalidJson(_OutputFault):
+    """The content is not valid JSON: the JSON in a ```json fence after a sentence, with a trailing
+    comma, or without its closing bracket (`style`; None picks one from the seed and prompt). A
+    text request gets the broken form of `{"answer": <the reply>}`."""
+
+    kind: Literal["invalid_json"] = "invalid_json"
+    style: Literal["fence", "trailing_comma", "unclosed"] | None = None
+
+
+class SchemaViolation(_OutputFault):
+    """Valid JSON that breaks the requested schema in one way, at the top level: the first
+    required field left out, given a value of the wrong type, or an extra field added
+    (`internal_note`; pydantic ignores extra fields unless the model forbids them). A text or
+    json_object request gets `{"answer": <the reply>}` broken the same way."""
+
+    kind: Literal["schema_violation"] = "schema_violation"
+    violation: Literal["missing_field", "wrong_type", "extra_field"] = "missing_field"
+
+
+class Truncated(_OutputFault):
+    """The reply runs into the token limit: cut to `max_tokens` when the request set one below the
+    reply's length, else to half its tokens; finish_reason "length"."""
+
+    kind: Literal["truncated"] = "truncated"
+
+
+class Refusal(_OutputFault):
+    """The model declines: `message.content` is null and `message.refusal` holds `message`, as the
+    real API answers a structured-output request it will not fulfil."""
+
+    kind: Literal["refusal"] = "refusal"
+    message: str = Field("I'm sorry, but I can't help with that request.", min_length=1)
+
+
+class Leaky(_OutputFault):
+    """The reply carries planted data (`leak`): an OpenAI project key, an email address and phone
+    number, a markdown image whose URL sends the key to an outside host, a link to an outside
+    host. For JSON it goes into the first string value (a reply without one carries nothing).
+    The values depend on the provider's seed
+    only: `SimProvider.planted` (or `content.planted_for(seed)`) lists them."""
+
+    kind: Literal["leaky"] = "leaky"
+    leak: list[Leak] = Field(default_factory=lambda: list(LEAKS), min_length=1)
+
+
+OUTPUT_KINDS = frozenset({"invalid_json", "schema_violation", "truncated", "refusal", "leaky"})
+
+Fault = Annotated[
+    Outage | RateLimit | Quota | Capacity | Latency | Hang | Drop
+    | InvalidJson | SchemaViolation | Truncated | Refusal | Leaky,
+    Field(discriminator="kind"),
+]
 
 
 class FaultPlan(BaseModel):
-    """A seeded list of faults; the first fault (in order) that applies to a request decides
-    its fate, except latency, which adds its delay and lets the next ones decide."""
+    """A seeded list of faults; the first transport fault (in order) that applies to a request
+    decides its fate, except latency, which adds its delay and lets the next ones decide.
+
+    Output faults act afterwards, on a chat completion that is answered 200: the first one (in
+    order) that applies changes the content, and is logged as the call's `fault`:
+    invalid_json (not JSON at all), schema_violation (`violation`: missing_field, wrong_type or
+    extra_field), truncated (finish_reason "length"), refusal (`message` in message.refusal,
+    content null) and leaky (`leak`: secret, personal, image, link planted in the reply). A `rate`
+    below 1 draws from the seeded generator only for requests the fault could change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,14 +1,17 @@
-"""SimProvider: an OpenAI-compatible chat provider whose failures are scripted.
+"""SimProvider: an OpenAI-compatible chat and moderation provider whose failures are scripted.
 
 `handle()` turns one HTTP request into a `SimReply` (status, headers, body, or an instruction to
 delay, hang or drop) without doing any I/O itself; the in-process transport and the HTTP server
 carry the reply out. Replies use the real wire format, so the openai SDK parses them and raises
 its real exception classes. Every request is logged in `provider.log`.
+
+Endpoints: `POST /v1/chat/completions` (text, `response_format` json_object and json_schema,
+streaming), `POST /v1/moderations`, `GET /v1/models[/name]`. What a reply says comes from
+`content.py`; what goes wrong, from the fault plan (`faults.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -19,20 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..clock import SYSTEM_CLOCK, Clock
-from .faults import FaultPlan
+from . import content
+from .faults import OUTPUT_KINDS, FaultPlan
 from .models import MODELS, count_prompt_tokens, encoding_for
+from .moderation import classify, validate_moderation
 from .requests import ApiError, validate_chat
 
 __all__ = ["SimProvider", "SimReply", "CallRecord", "ApiError"]
 
 MODELS_CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z, the `created` date of every model card
 API_VERSION = "2020-10-01"  # what OpenAI sends in its `openai-version` header
-WORDS = (
-    "your request has been received and the answer depends on the details of the order the "
-    "policy allows a refund within thirty days when the item is unused and the receipt is kept "
-    "our team reviews each case and replies by email shipping costs are covered when we made a "
-    "mistake otherwise a small fee applies please keep the tracking number for reference"
-).split()
 
 
 @dataclass
@@ -56,7 +55,9 @@ class SimReply:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One request as the provider saw it; status is None for a hang or a drop."""
+    """One request as the provider saw it; status is None for a hang or a drop. `fault` names the
+    fault that decided it, or the output fault that changed a 200 reply (e.g. "leaky"). A
+    moderation request has its moderation model and no tokens (moderation is not billed)."""
 
     t: float
     model: str | None
@@ -94,6 +95,12 @@ class SimProvider:
         self._buckets: dict[int, tuple[int, int]] = {}  # capacity fault -> (second, requests used)
         self._lock = threading.Lock()
 
+    @property
+    def planted(self) -> content.Planted:
+        """What a `leaky` fault plants in this provider's replies (the same for each, from the
+        seed): `.key`, `.email`, `.phone`, `.image_url`, `.link_url`, and `.values(leak)`."""
+        return content.planted_for(self.seed)
+
     def calls(self, model: str | None = None, status: int | None = None) -> int:
         """How many requests reached the provider (optionally for one model or status)."""
         return sum(1 for c in self.log if (model is None or c.model == model) and (status is None or c.status == status))
@@ -121,6 +128,8 @@ class SimProvider:
             path = path[3:]
         if method == "POST" and path == "/chat/completions":
             return self._chat(headers, body, t, request_id)
+        if method == "POST" and path == "/moderations":
+            return self._moderation(headers, body, t, request_id)
         if method == "GET" and path == "/models":
             return self._ok({"object": "list", "data": [self._model_card(name) for name in MODELS]})
         if method == "GET" and path.startswith("/models/"):
@@ -140,6 +149,8 @@ class SimProvider:
 
     # --- chat completions ---------------------------------------------------------------------
     def _chat(self, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
+        """A chat completion. Usage bills the messages only; a real provider also counts the tokens
+        of a `response_format` schema (and caches it), so its prompt_tokens run higher there."""
         try:
             request = validate_chat(headers, body)
         except ApiError as error:
@@ -160,37 +171,100 @@ class SimProvider:
                 code="context_length_exceeded",
             )
 
-        fault = self._fault_for(model, t)
-        delay = fault.pop("delay")
-        if fault:
-            kind = fault["kind"]
-            if "action" in fault:
-                self.log.append(CallRecord(t, model, None, kind, prompt_tokens))
-                return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
-            refusal: ApiError = fault["error"]
-            self.log.append(CallRecord(t, model, refusal.status, kind, prompt_tokens))
-            return SimReply.refusal(refusal, delay)
+        try:
+            found = content.draft(self.seed, model, messages, request.get("response_format"))
+        except content.SchemaError as error:
+            self.log.append(CallRecord(t, model, 400, None, prompt_tokens))
+            name = request["response_format"]["json_schema"]["name"]
+            raise ApiError(400, f"Invalid schema for response_format '{name}': {error}.",
+                           param="response_format") from None
 
-        tokens, finish = self._reply(model, messages, limit)
-        text, completion_tokens = encoding_for(model).decode(tokens), len(tokens)
-        self.log.append(CallRecord(t, model, 200, None, prompt_tokens, completion_tokens))
-        usage = _usage(prompt_tokens, completion_tokens)
-        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": int(self.clock.wall()), "model": model,
-                  "service_tier": "default", "system_fingerprint": "fp_course_lib_sim"}
+        refused = self._refused(model, t, prompt_tokens)
+        if isinstance(refused, SimReply):
+            return refused
+        output = self._output_fault_for(model, t)
+        text, refusal = (found.text, None) if output is None else content.apply_output_fault(
+            found, output, seed=self.seed, prompt_key=f"{model}|{json.dumps(messages, sort_keys=True)}")
+        truncated = output is not None and output.kind == "truncated"
+        tokens, finish = self._cut(model, refusal if refusal is not None else text or "", limit, truncated)
+        self.log.append(CallRecord(t, model, 200, output.kind if output else None, prompt_tokens, len(tokens)))
+        usage = _usage(prompt_tokens, len(tokens))
+        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": int(self.clock.wall()),
+                  "model": model, "service_tier": "default", "system_fingerprint": "fp_course_lib_sim"}
+        field = "content" if refusal is None else "refusal"
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
-                            chunks=self._stream(common, model, tokens, finish, usage if include_usage else None), delay=delay)
-        message = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+                            chunks=self._stream(common, model, tokens, finish, usage if include_usage else None, field),
+                            delay=refused)
+        said = encoding_for(model).decode(tokens)
+        message: dict[str, Any] = {"role": "assistant", "content": said if field == "content" else None,
+                   "refusal": said if field == "refusal" else None, "annotations": []}
         completion = {**common, "object": "chat.completion", "usage": usage,
                       "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
-        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=delay)
+        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=refused)
+
+    def _refused(self, model: str, t: float, prompt_tokens: int = 0) -> SimReply | float:
+        """The reply a transport fault gives this request (logged), or else the delay to answer after."""
+        fault = self._fault_for(model, t)
+        delay = fault.pop("delay")
+        if not fault:
+            return delay
+        kind = fault["kind"]
+        if "action" in fault:
+            self.log.append(CallRecord(t, model, None, kind, prompt_tokens))
+            return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
+        error: ApiError = fault["error"]
+        self.log.append(CallRecord(t, model, error.status, kind, prompt_tokens))
+        return SimReply.refusal(error, delay)
+
+    def _output_fault_for(self, model: str, t: float) -> Any:
+        """The first output fault (in plan order) that changes this 200 reply, if any; a rate below 1
+        draws from the seeded generator only here, for replies it could change."""
+        for fault in self.plan.faults:
+            if fault.kind not in OUTPUT_KINDS or not fault.covers(t, model):
+                continue
+            if fault.rate < 1 and self._rng.random() >= fault.rate:
+                continue
+            return fault
+        return None
+
+    @staticmethod
+    def _cut(model: str, text: str, limit: int | None, truncated: bool) -> tuple[list[int], str]:
+        """The reply's tokens, cut to `limit`; and the finish reason. A `truncated` fault cuts at the
+        limit if the reply is longer, else at half the reply, and always finishes with "length"."""
+        tokens: list[int] = encoding_for(model).encode(text)
+        if truncated:
+            keep = limit if limit is not None and len(tokens) > limit else max(1, len(tokens) // 2)
+            return tokens[:keep], "length"
+        if limit is not None and len(tokens) > limit:
+            return tokens[:limit], "length"
+        return tokens, "stop"
+
+    # --- moderations --------------------------------------------------------------------------
+    def _moderation(self, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
+        """`POST /v1/moderations`: one result per input, from the phrase table in moderation.py.
+        Transport faults apply as to chat (a fault without `models` covers it too)."""
+        try:
+            model, texts = validate_moderation(headers, body)
+        except ApiError as error:
+            self.log.append(CallRecord(t, None, error.status))
+            raise
+        refused = self._refused(model, t)
+        if isinstance(refused, SimReply):
+            return refused
+        self.log.append(CallRecord(t, model, 200))
+        result = {"id": "modr-sim-" + request_id.removeprefix("req_sim_"), "model": model,
+                  "results": [classify(text) for text in texts]}
+        return SimReply(200, {"content-type": "application/json"}, _json(result), delay=refused)
 
     def _fault_for(self, model: str, t: float) -> dict[str, Any]:
         """The fault that decides this request (none: only "delay"), plus the delay of every
         latency fault that applies, wherever it stands in the plan."""
         delay, decision = 0.0, None
         for index, fault in enumerate(self.plan.faults):
+            if fault.kind in OUTPUT_KINDS:
+                continue  # acts later, on a reply that is answered
             if (decision is not None and fault.kind != "latency") or not fault.covers(t, model):
                 continue
             if fault.rate < 1 and self._rng.random() >= fault.rate:
@@ -231,24 +305,10 @@ class SimProvider:
                     503: "The server is overloaded or not ready yet."}
         return ApiError(status, messages[status], "server_error")
 
-    def _reply(self, model: str, messages: list[dict[str, Any]], limit: int | None) -> tuple[list[int], str]:
-        """Deterministic reply tokens for (seed, model, prompt), cut to `limit`; and the finish reason."""
-        prompt = json.dumps(messages, sort_keys=True)
-        rng = random.Random(hashlib.sha256(f"{self.seed}|{model}|{prompt}".encode()).digest())
-        words = [rng.choice(WORDS) for _ in range(rng.randint(12, 60))]
-        sentences, start = [], 0
-        while start < len(words):
-            end = min(len(words), start + rng.randint(6, 12))
-            sentence = " ".join(words[start:end])
-            sentences.append(sentence[0].upper() + sentence[1:] + ".")
-            start = end
-        tokens: list[int] = encoding_for(model).encode(" ".join(sentences))
-        if limit is not None and len(tokens) > limit:
-            return tokens[:limit], "length"
-        return tokens, "stop"
-
     @staticmethod
-    def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, Any] | None) -> list[bytes]:
+    def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, Any] | None,
+                field: str = "content") -> list[bytes]:
+        """Server-sent events, four tokens a chunk; a refusal streams in `delta.refusal`."""
         encoding = encoding_for(model)
         pieces = [encoding.decode(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
         extra = {"usage": None} if usage is not None else {}
@@ -257,8 +317,10 @@ class SimProvider:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             return b"data: " + _json({**common, "object": "chat.completion.chunk", "choices": [choice], **extra}) + b"\n\n"
 
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        events += [chunk({"content": piece}) for piece in pieces]
+        first = {"role": "assistant", "content": "", "refusal": None} if field == "content" else \
+            {"role": "assistant", "content": None, "refusal": ""}
+        events = [chunk(first)]
+        events += [chunk({field: piece}) for piece in pieces]
         events.append(chunk({}, finish))
         if usage is not None:
             events.append(b"data: " + _json({**common, "object": "chat.completion.chunk", "choices": [], "usage": usage}) + b"\n\n")

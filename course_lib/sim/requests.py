@@ -8,12 +8,13 @@ works against the simulator does not fail for the first time against the real th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from .models import MODELS
 
-__all__ = ["ApiError", "validate_chat", "ROLES"]
+__all__ = ["ApiError", "validate_chat", "check_auth", "parse_body", "text_of", "ROLES", "RESPONSE_FORMATS"]
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 
@@ -28,9 +29,12 @@ _NUMBERS: dict[str, tuple[str, float | None, float | None]] = {
 }
 _BOOLEANS = {"stream", "logprobs", "store", "parallel_tool_calls"}
 _STRINGS = {"user", "service_tier"}
-_OTHERS = {"model", "messages", "n", "max_tokens", "max_completion_tokens", "stop", "logit_bias", "metadata", "stream_options"}
-_NOT_SIMULATED = {"tools", "tool_choice", "functions", "function_call", "response_format", "audio", "modalities",
+_OTHERS = {"model", "messages", "n", "max_tokens", "max_completion_tokens", "stop", "logit_bias", "metadata",
+           "stream_options", "response_format"}
+_NOT_SIMULATED = {"tools", "tool_choice", "functions", "function_call", "audio", "modalities",
                   "prediction", "reasoning_effort", "web_search_options"}
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _KNOWN = set(_NUMBERS) | _BOOLEANS | _STRINGS | _OTHERS
 
 
@@ -64,17 +68,37 @@ def _wrong_type(name: str, expected: str, value: Any) -> ApiError:
                     code="invalid_type")
 
 
-def validate_chat(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
-    """The request as a dict, or ApiError (401, 400, 404) naming what is wrong."""
+def check_auth(headers: Mapping[str, str]) -> None:
+    """401 unless the request carries a bearer key (any key: the simulator checks its presence only)."""
     auth = headers.get("authorization", "")
     if not auth.startswith("Bearer ") or not auth[7:].strip():
         raise ApiError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.", code="invalid_api_key")
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or a 400 saying why not."""
     try:
         request = json.loads(body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"We could not parse the JSON body of your request ({error}).") from None
     if not isinstance(request, dict):
         raise ApiError(400, "The request body must be a JSON object.")
+    return request
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: the string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def validate_chat(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The request as a dict, or ApiError (401, 400, 404) naming what is wrong."""
+    check_auth(headers)
+    request = parse_body(body)
     for name in request:
         if name in _NOT_SIMULATED:
             raise ApiError(400, f"The simulated provider does not implement '{name}'.", param=name)
@@ -87,6 +111,7 @@ def validate_chat(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found")
     _check_messages(request.get("messages"))
     _check_parameters(request, model)
+    _check_response_format(request.get("response_format"), request["messages"])
     return request
 
 
@@ -159,3 +184,93 @@ def _check_number(name: str, value: Any, kind: str, low: float | None, high: flo
         raise _refuse(name, f"must be at least {low:g}, got {value!r}.")
     if high is not None and value > high:
         raise _refuse(name, f"must be at most {high:g}, got {value!r}.")
+
+
+# --- response_format ------------------------------------------------------------------------------
+def _missing(name: str) -> ApiError:
+    return ApiError(400, f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+
+
+def _only(fields: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for name in fields:
+        if name not in allowed:
+            raise ApiError(400, f"Unrecognized argument '{where}.{name}'; expected only {sorted(allowed)}.",
+                           param=f"{where}.{name}", code="unknown_parameter")
+
+
+def _check_response_format(response_format: Any, messages: list[dict[str, Any]]) -> None:
+    """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema", "json_schema": {...}}`,
+    with the real API's rules: json_object needs the word "json" in the messages (so the model is
+    told to write JSON), and a strict schema must close every object and require all its keys."""
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict):
+        raise _wrong_type("response_format", "an object", response_format)
+    kind = response_format.get("type")
+    if kind is None:
+        raise _missing("response_format.type")
+    if kind not in RESPONSE_FORMATS:
+        raise ApiError(400, f"Invalid value for 'response_format.type': {kind!r}; supported values are "
+                            f"{', '.join(repr(k) for k in RESPONSE_FORMATS)}.", param="response_format.type",
+                       code="invalid_value")
+    _only(response_format, {"type", "json_schema"} if kind == "json_schema" else {"type"}, "response_format")
+    if kind == "json_object" and not any("json" in text_of(m.get("content")).casefold() for m in messages):
+        raise ApiError(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                            "'json_object'.", param="messages")
+    if kind == "json_schema":
+        _check_json_schema(response_format.get("json_schema"))
+
+
+def _check_json_schema(spec: Any) -> None:
+    where = "response_format.json_schema"
+    if spec is None:
+        raise _missing(where)
+    if not isinstance(spec, dict):
+        raise _wrong_type(where, "an object", spec)
+    _only(spec, {"name", "description", "schema", "strict"}, where)
+    name = spec.get("name")
+    if name is None:
+        raise _missing(f"{where}.name")
+    if not isinstance(name, str):
+        raise _wrong_type(f"{where}.name", "a string", name)
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise _refuse(f"{where}.name", f"{name[:80]!r} must be 1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'.")
+    for field, expected, kind in (("description", "a string", str), ("strict", "a boolean", bool)):
+        if spec.get(field) is not None and not isinstance(spec[field], kind):
+            raise _wrong_type(f"{where}.{field}", expected, spec[field])
+    schema = spec.get("schema")
+    if schema is None:
+        raise _missing(f"{where}.schema")
+    if not isinstance(schema, dict):
+        raise _wrong_type(f"{where}.schema", "an object", schema)
+    if spec.get("strict"):
+        if schema.get("type") != "object":
+            raise _schema_error(name, "#", f"the root must be of 'type: \"object\"', got {schema.get('type')!r}")
+        _check_strict(schema, "#", name)
+
+
+def _schema_error(name: str, path: str, problem: str) -> ApiError:
+    return ApiError(400, f"Invalid schema for response_format '{name}': at {path}, {problem}.", param="response_format")
+
+
+def _check_strict(schema: Any, path: str, name: str) -> None:
+    """Every object in a strict schema must set additionalProperties to false and list all of its
+    properties in `required` (an optional field is written as a type that allows null)."""
+    if not isinstance(schema, dict):
+        return
+    types = schema.get("type")
+    if types == "object" or (isinstance(types, list) and "object" in types) or "properties" in schema:
+        if schema.get("additionalProperties") is not False:
+            raise _schema_error(name, path, "'additionalProperties' must be present and false when 'strict' is true")
+        required = schema.get("required") or []
+        missing = [key for key in schema.get("properties") or {} if key not in required]
+        if missing:
+            raise _schema_error(name, path, f"'required' must list every key of 'properties' when 'strict' is true; "
+                                            f"missing {missing}")
+    for key in ("properties", "$defs", "definitions"):
+        for child, sub in (schema.get(key) or {}).items():
+            _check_strict(sub, f"{path}/{key}/{child}", name)
+    for key in ("anyOf", "allOf", "oneOf", "prefixItems"):
+        for index, sub in enumerate(schema.get(key) or []):
+            _check_strict(sub, f"{path}/{key}/{index}", name)
+    _check_strict(schema.get("items"), f"{path}/items", name)
