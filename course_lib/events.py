@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp", "StateChange", "Rejected", "CallOutcome", "StoreFallback", "FallbackStep"]
+__all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp", "StateChange", "Rejected", "CallOutcome",
+           "StoreFallback", "FallbackStep", "TextCleaned", "TurnsDropped", "InputRejected", "Screened", "Redacted",
+           "LinkRemoved", "Truncated", "RepairAttempt", "OutputVerdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,93 @@ class FallbackStep(Event):
     outcome: str
     detail: str
     duration: float
+
+
+# --- input validation ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TextCleaned(Event):
+    """Unicode hygiene removed `count` characters of one kind (`what`, e.g. "zero-width") from
+    `field`; the text the model sees differs from what the user typed, so it is recorded."""
+
+    field: str
+    what: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnsDropped(Event):
+    """A conversation was fitted to its token limit by dropping its `dropped` oldest messages."""
+
+    dropped: int
+    tokens_before: int
+    tokens_after: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputRejected(Event):
+    """A request refused before any token was paid for; `field` and `reason` say why."""
+
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Screened(Event):
+    """A screen looked at some text; `reasons` names the rules or categories that matched."""
+
+    screen: str
+    flagged: bool
+    reasons: tuple[str, ...] = ()
+
+
+# --- output validation -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Redacted(Event):
+    """`count` spans of one `kind` (e.g. "openai_key", "email") were replaced by placeholders."""
+
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRemoved(Event):
+    """A markdown image, link or link definition to a host not on the allow-list was removed
+    (`kind` is "image", "link" or "definition"); only the host is kept, since the URL itself may
+    carry a secret."""
+
+    kind: str
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated(Event):
+    """A reply of `tokens` tokens was cut to its limit of `limit` tokens."""
+
+    tokens: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepairAttempt(Event):
+    """A model reply failed validation (`problem`: "invalid-json", "schema" or "length") and the
+    model is asked again; tokens are those the failed reply cost."""
+
+    attempt: int
+    problem: str
+    detail: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputVerdict(Event):
+    """The end of validating one reply: `outcome` is "accepted", "repaired", "refused" (the
+    model declined) or "rejected" (still invalid after the last repair)."""
+
+    outcome: str
+    attempts: int
+    detail: str = ""
 
 
 class Recorder:
