@@ -489,3 +489,16 @@ def test_an_unknown_path_is_reported_as_it_was_asked_for(path: str, shown: str) 
     reply = SimProvider().handle("GET", path, {}, b"")
     assert reply.status == 404
     assert json.loads(reply.body)["error"]["message"] == f"Invalid URL (GET {shown})"
+
+
+def test_text_pieces_end_where_characters_end() -> None:
+    """An emoji takes several tokens; no piece may split one, and a cut inside one drops it."""
+    from course_lib.sim.models import encoding_for, text_pieces
+
+    text = "Here you go: 🦩🦩🦩🦩 done"
+    tokens = encoding_for("gpt-4o-mini").encode(text)
+    assert "".join(text_pieces(tokens, "gpt-4o-mini")) == text
+    for end in range(len(tokens) + 1):
+        joined = "".join(text_pieces(tokens[:end], "gpt-4o-mini"))
+        assert text.startswith(joined) and "\ufffd" not in joined
+    assert "".join(text_pieces(tokens[:6], "gpt-4o-mini")) == "Here you go:"  # 🦩 needs 3 tokens

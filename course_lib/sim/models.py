@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd"]
+__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd", "text_pieces"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,28 @@ def count_tokens(text: str, model: str) -> int:
     """Tokens in `text` for `model`, as the model's tokenizer counts them (special-token text
     such as `<|endoftext|>` counts as ordinary text, as in a chat message)."""
     return int(encoding_for(model).count(text))
+
+
+def text_pieces(tokens: list[int], model: str, size: int = 4) -> list[str]:
+    """The text of `tokens` in pieces of about `size` tokens, for streaming. Each piece ends
+    where a character ends: a token can stop inside a multi-byte character (an emoji often
+    takes several), which the tokenizer refuses to decode alone. An incomplete character at the
+    very end, left by a cut at max_tokens, is dropped, as a provider drops it."""
+    encoding = encoding_for(model)
+    cuts = [*range(size, len(tokens), size), *range(len(tokens), 0, -1)]  # the end backs off to a whole character
+    pieces, said, done = [], "", 0
+    for end in cuts:
+        if end <= done:
+            break
+        try:
+            text = encoding.decode(tokens[:end])
+        except ValueError:
+            continue
+        pieces.append(text[len(said):])
+        said, done = text, end
+        if end == len(tokens):
+            break
+    return [piece for piece in pieces if piece]
 
 
 def _text_of(content: Any) -> str:

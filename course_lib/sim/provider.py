@@ -24,7 +24,7 @@ from typing import Any, Literal
 from ..clock import SYSTEM_CLOCK, Clock
 from . import content
 from .faults import OUTPUT_KINDS, FaultPlan
-from .models import MODELS, count_prompt_tokens, encoding_for
+from .models import MODELS, count_prompt_tokens, encoding_for, text_pieces
 from .moderation import classify, validate_moderation
 from .requests import ApiError, validate_chat
 
@@ -197,7 +197,7 @@ class SimProvider:
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
                             chunks=self._stream(common, model, tokens, finish, usage if include_usage else None, field),
                             delay=refused)
-        said = encoding_for(model).decode(tokens)
+        said = "".join(text_pieces(tokens, model, size=len(tokens) or 1))
         message: dict[str, Any] = {"role": "assistant", "content": said if field == "content" else None,
                    "refusal": said if field == "refusal" else None, "annotations": []}
         completion = {**common, "object": "chat.completion", "usage": usage,
@@ -309,8 +309,7 @@ class SimProvider:
     def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, Any] | None,
                 field: str = "content") -> list[bytes]:
         """Server-sent events, four tokens a chunk; a refusal streams in `delta.refusal`."""
-        encoding = encoding_for(model)
-        pieces = [encoding.decode(tokens[i:i + 4]) for i in range(0, len(tokens), 4)]
+        pieces = text_pieces(tokens, model)
         extra = {"usage": None} if usage is not None else {}
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
