@@ -182,7 +182,7 @@ def test_every_number_the_text_quotes_appears_in_code(path: Path) -> None:
     in_code = set().union(*(code_numbers(source) for _, source in cells(path, "code")))
     missing = sorted({f"cell {i}: {text}" for i, markdown in cells(path, "markdown")
                       for text, value in quoted_numbers(markdown)
-                      if not any(abs(value - v) <= 1e-9 * max(1, abs(v)) or (text.endswith("%") and value * 100 == v)
+                      if not any(abs(value - v) <= 1e-9 * max(1, abs(v)) or (text.endswith("%") and abs(value * 100 - v) <= 1e-9 * max(1, abs(v)))
                                  for v in in_code)})
     assert not missing, "compute these in a code cell and assert them there (or show the input that sets them):\n" + "\n".join(missing)
 
