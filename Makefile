@@ -36,13 +36,15 @@ site: $(INSTALLED)
 	$(PY) -m pytest -q --nbmake --overwrite $(EXECUTED)
 	$(PY) tools/build_site.py $(EXECUTED) build/site
 
-# Quick by default (CI runs it so); `make bench BENCH_SECONDS=5` for the full-size figures.
+# Quick by default (CI runs it so); `make bench BENCH_SECONDS=5 BENCH_MB=1` for the full-size figures.
 BENCH_SECONDS ?= 0.4
+BENCH_MB ?= 0.01
 
 bench: $(INSTALLED)
 	$(PY) bench/bench_retry.py
 	$(PY) bench/bench_breaker.py
 	$(PY) bench/bench_sim_server.py --seconds $(BENCH_SECONDS)
+	$(PY) bench/bench_redaction.py --size $(BENCH_MB)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
