@@ -201,8 +201,9 @@ def input_error(error: ValidationError) -> InputError:
 
 
 # --- hygiene ------------------------------------------------------------------------------------
-_SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060"
-                      "\u2066-\u2069\ufeff\ud800-\udfff\U000e0000-\U000e007f]")
+_SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                      "\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff\U0001d173-\U0001d17a\U000e0000-\U000e007f"
+                      "\U000e0100-\U000e01ef]")
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _JOINERS = frozenset("\u200c\u200d")
 _ALLOWED = {"control": "tab, newline and carriage return only", "surrogate": "paired surrogates only (valid UTF-16)"}
@@ -212,8 +213,12 @@ def _kind(char: str) -> str:
     point = ord(char)
     if char in _BIDI:
         return "bidi-control"
+    if point >= 0xE0100:
+        return "variation-selector"  # invisible; a run of them can smuggle bytes behind one emoji
     if point >= 0xE0000:
         return "tag"
+    if 0x2061 <= point <= 0x206F or 0xFFF9 <= point <= 0xFFFB or 0x1D173 <= point <= 0x1D17A:
+        return "format"  # invisible math operators, deprecated format and annotation characters
     if 0xD800 <= point <= 0xDFFF:
         return "surrogate"
     return "control" if point < 0x20 or 0x7F <= point <= 0x9F else "zero-width"
@@ -229,7 +234,8 @@ def _joins(text: str, at: int) -> bool:
 
 def clean_text(text: str, field: str = "text", *, refuse_invisible: bool = False) -> tuple[str, Counter[str]]:
     """`text` NFKC-normalised without invisible characters, and how many of each kind went
-    ("zero-width", "bidi-control", "tag", and "nfkc" for characters the normalisation rewrote).
+    ("zero-width", "bidi-control", "tag", "format", "variation-selector" for U+E0100-E01EF, and
+    "nfkc" for characters the normalisation rewrote).
     Control characters (all but tab, newline, carriage return) and lone surrogates are always
     refused, invisible ones when `refuse_invisible`: InputError "bad_character" naming the code
     point and its position in the text as given."""
@@ -257,8 +263,13 @@ def clean_text(text: str, field: str = "text", *, refuse_invisible: bool = False
 
 
 # --- size and cost --------------------------------------------------------------------------------
+def _known(model: str) -> None:
+    check(model in MODELS, "model", f"one of {sorted(MODELS)}", model)
+
+
 def message_tokens(message: Message, model: str) -> int:
     """Tokens one message adds to the prompt of `model`, framing included."""
+    _known(model)
     count = encoding_for(model).count
     tokens = PER_MESSAGE + count(message.role) + count(message.text())
     return int(tokens + (count(message.name) + PER_NAME if message.name is not None else 0))
@@ -271,6 +282,7 @@ def prompt_tokens(messages: Sequence[Message], model: str) -> int:
 
 def worst_case_cost_usd(model: str, prompt: int, max_tokens: int) -> float:
     """What the call costs at most: every prompt token plus every answer token it may produce."""
+    _known(model)
     spec = MODELS[model]
     return (prompt * spec.input_price_per_million + max_tokens * spec.output_price_per_million) / 1_000_000
 
@@ -293,7 +305,8 @@ class InputPolicy:
 
     def __post_init__(self) -> None:
         check(self.invisible in ("remove", "refuse"), "invisible", "'remove' or 'refuse'", self.invisible)
-        check(isinstance(self.default_reserve, int) and self.default_reserve >= 1, "default_reserve", ">= 1",
+        check(isinstance(self.default_reserve, int) and not isinstance(self.default_reserve, bool)
+              and self.default_reserve >= 1, "default_reserve", ">= 1",
               self.default_reserve)
         check(self.fit in ("drop-oldest", "refuse"), "fit", "'drop-oldest' or 'refuse'", self.fit)
         check(isinstance(self.max_messages, int) and self.max_messages >= 1, "max_messages", ">= 1", self.max_messages)
@@ -385,7 +398,7 @@ class InputValidator:
                 after -= sizes[head + dropped]
                 dropped += 1
         if after > limit:
-            kept = f" after dropping {dropped} older messages" if dropped else ""
+            kept = f" after dropping {dropped} older message{'s' if dropped > 1 else ''}" if dropped else ""
             raise InputError("messages", "too_many_tokens", f"{after:,} tokens{kept}, over the limit of {limit:,} "
                              f"for {model} ({MODELS[model].context_window:,} context window minus {reserve:,} "
                              "reserved for the answer)", limit=limit, value=after)

@@ -18,6 +18,7 @@ Every decision (repaired, refused, rejected, redacted, link removed, truncated) 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import nh3
+import openai
 import pydantic
 from markdown_it import MarkdownIt
 from openai.lib import type_to_response_format_param
@@ -34,7 +36,7 @@ from . import redaction
 from ._wrapping import check
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventSink, LinkRemoved, OutputVerdict, Redacted, RepairAttempt, Truncated
-from .sim.models import encoding_for
+from .sim.models import MODELS, encoding_for
 
 __all__ = ["StructuredOutput", "Structured", "ModelRefused", "OutputRejected", "Problem", "judge",
            "OutputGuard", "Guarded", "remove_untrusted_links", "truncate_tokens", "safe_html"]
@@ -44,11 +46,13 @@ T = TypeVar("T", bound=pydantic.BaseModel)
 
 # --- structure -------------------------------------------------------------------------------
 class ModelRefused(Exception):
-    """The model declined to answer (its `refusal` field); repairing would only be refused again."""
+    """The model declined to answer (its `refusal` field); repairing would only be refused again.
+    The tokens are those of every attempt, the refused one included, so a budget can settle them."""
 
-    def __init__(self, refusal: str, attempts: int) -> None:
+    def __init__(self, refusal: str, attempts: int, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         super().__init__(f"the model refused: {refusal}")
         self.refusal, self.attempts = refusal, attempts
+        self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
 
 
 class OutputRejected(Exception):
@@ -113,7 +117,9 @@ class StructuredOutput(Generic[T]):
 
     def create(self, client: Any, *, model: str, messages: Iterable[Mapping[str, Any]], **options: Any) -> Structured[T]:
         """Call `client.chat.completions.create` until a reply validates (sync client)."""
-        run = _Run(self, list(messages))
+        if isinstance(client, openai.AsyncOpenAI):
+            raise TypeError("create() needs a sync client; with an AsyncOpenAI client, await acreate()")
+        run = _Run(self, list(messages), options)
         while True:
             completion = client.chat.completions.create(model=model, messages=run.messages,
                                                         response_format=self.response_format, **options)
@@ -123,7 +129,9 @@ class StructuredOutput(Generic[T]):
     async def acreate(self, client: Any, *, model: str, messages: Iterable[Mapping[str, Any]],
                       **options: Any) -> Structured[T]:
         """The same with an AsyncOpenAI client."""
-        run = _Run(self, list(messages))
+        if isinstance(client, openai.OpenAI):
+            raise TypeError("acreate() needs an AsyncOpenAI client; with a sync client, call create()")
+        run = _Run(self, list(messages), options)
         while True:
             completion = await client.chat.completions.create(model=model, messages=run.messages,
                                                               response_format=self.response_format, **options)
@@ -134,7 +142,8 @@ class StructuredOutput(Generic[T]):
 class _Run(Generic[T]):
     """One validated request: its growing conversation, its attempts and their tokens."""
 
-    def __init__(self, owner: StructuredOutput[T], messages: list[Any]) -> None:
+    def __init__(self, owner: StructuredOutput[T], messages: list[Any], options: Mapping[str, Any]) -> None:
+        check(not options.get("stream"), "stream", "off (a reply is validated whole)", options.get("stream"))
         self.owner, self.messages = owner, messages
         self.problems: list[Problem] = []
         self.prompt_tokens = self.completion_tokens = 0
@@ -147,7 +156,7 @@ class _Run(Generic[T]):
         attempt = len(self.problems) + 1
         if choice.message.refusal:
             self._verdict("refused", attempt, choice.message.refusal)
-            raise ModelRefused(choice.message.refusal, attempt)
+            raise ModelRefused(choice.message.refusal, attempt, self.prompt_tokens, self.completion_tokens)
         outcome = judge(choice.message.content, choice.finish_reason, self.owner.schema)
         if not isinstance(outcome, Problem):
             self._verdict("accepted" if attempt == 1 else "repaired", attempt)
@@ -169,11 +178,28 @@ class _Run(Generic[T]):
 
 
 # --- safe text -------------------------------------------------------------------------------
-# Inline images and links `[text](url "title")`, reference definitions `[id]: url`, autolinks `<url>`.
-_INLINE = re.compile(r"(?P<bang>!?)\[(?P<text>(?:[^\[\]\\]|\\.)*)\]\(\s*<?(?P<url>[^)\s>]*)>?(?:\s+[^)]*)?\)")
-_DEFINITION = re.compile(r"^ {0,3}\[(?P<label>[^\]]+)\]:\s*<?(?P<url>\S+?)>?(?:\s+.*)?$", re.M)
-_REFERENCE = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\[(?P<label>[^\]]*)\]")
+# Inline images and links `[text](url "title")` (one level of parentheses inside the URL),
+# reference definitions `[id]: url` (also inside quotes and lists), autolinks `<url>`.
+_INLINE = re.compile(r"(?P<bang>!?)\[(?P<text>(?:[^\[\]\\]|\\.)*)\]\(\s*<?(?P<url>(?:[^()\s<>]|\([^()\s]*\))*)>?"
+                     r"(?:\s+[^)]*)?\)")
+_DEFINITION = re.compile(r"^(?:[ >*+-]|\d+[.)])*\[(?P<label>(?:[^\]\\]|\\.)+)\]:\s*<?(?P<url>\S+?)>?(?:\s+.*)?$", re.M)
+_REFERENCE = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\[(?P<label>(?:[^\]\\]|\\.)*)\]")
 _AUTOLINK = re.compile(r"<(?P<url>[a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+_MARKUP = re.compile(r"([\[\]<>])")
+_PERMISSIVE = MarkdownIt("commonmark")  # raw HTML on, as a renderer we do not control may have it
+
+
+def _plain(text: str) -> str:
+    """Text as a renderer shows it, for the parts that hide secrets and URLs: character
+    references that spell ordinary characters (`&#45;`, `&colon;`) decoded, invisible format
+    characters (zero-width, soft hyphen, bidi controls) removed. `&lt;` and friends stay."""
+    def decode(match: re.Match[str]) -> str:
+        char = html.unescape(match[0])
+        return char if len(char) == 1 and (char.isalnum() or char in "-_.:/@+=?%#~") else match[0]
+
+    return _INVISIBLE.sub("", _ENTITY.sub(decode, text))
 
 
 def _host(url: str) -> str:
@@ -185,23 +211,52 @@ def _host(url: str) -> str:
 
 def _trusted(url: str, allowed_hosts: frozenset[str]) -> bool:
     """Relative links stay on our own site; absolute ones must point at an allowed host (or a
-    subdomain of one) over http(s)."""
-    parts = urlsplit(url.strip())
+    subdomain of one) over http(s). Read as a browser reads it: tabs and newlines dropped, a
+    backslash taken for a slash (so `/\\evil.example` is another host, not a path)."""
+    url = re.sub(r"[\t\n\r]", "", url).strip().replace("\\", "/")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
     if not parts.scheme and not parts.netloc:
         return True
-    host = _host(url)
+    host = (parts.hostname or "").lower()
     return parts.scheme in ("http", "https") and any(host == h or host.endswith("." + h) for h in allowed_hosts)
 
 
+def _rendered_urls(markdown: str) -> list[str]:
+    """Every URL a permissive markdown renderer would put in an href or src; raw HTML that
+    carries an attribute able to fetch or navigate counts as an outside URL."""
+    urls: list[str] = []
+    tokens = _PERMISSIVE.parse(markdown)
+    for token in [t for block in tokens for t in [block, *(block.children or [])]]:
+        if token.type == "link_open":
+            urls.append(str(token.attrs.get("href", "")))
+        elif token.type == "image":
+            urls.append(str(token.attrs.get("src", "")))
+        elif token.type in ("html_inline", "html_block") and re.search(
+                r"\b(src|href|srcset|action|formaction|poster|background)\s*=|url\(", token.content, re.I):
+            urls.append("//raw-html")
+    return urls
+
+
 def remove_untrusted_links(markdown: str, allowed_hosts: Iterable[str] = (),
-                           on_removed: Callable[[str, str], None] | None = None) -> str:
+                           on_removed: Callable[[str, str], None] | None = None, *, escape_leftovers: bool = True) -> str:
     """Markdown with every image and link to a host not on the allow-list taken out: an image
     disappears (its alt text could carry data too), a link keeps its text and loses its target,
     a link definition (`[id]: url`) goes, so no reference-style use of it can render.
-    `on_removed(kind, host)` is called for each one."""
+    Character references that spell ordinary characters are decoded and invisible characters
+    removed first (see `_plain`). The result is then parsed as a permissive renderer would parse
+    it; if any outside URL or URL-carrying raw HTML is still there (nested or odd syntax), every
+    `[`, `]`, `<` and `>` is escaped, so nothing in the text renders as a link, image or tag.
+    `on_removed(kind, host)` is called for each removal; kind "markup" for the escape.
+    (`safe_html` turns the escape off: it renders without raw HTML and filters every URL.)"""
+    if isinstance(allowed_hosts, str):
+        raise TypeError(f"allowed_hosts must be a collection of host names, got the string {allowed_hosts!r}")
     allowed = frozenset(h.lower() for h in allowed_hosts)
     note = on_removed or (lambda kind, host: None)
-    definitions = {m["label"].lower(): m["url"] for m in _DEFINITION.finditer(markdown)}
+    text = _plain(markdown)
+    definitions = {m["label"].lower(): m["url"] for m in _DEFINITION.finditer(text)}
 
     def inline(match: re.Match[str]) -> str:
         if _trusted(match["url"], allowed):
@@ -229,15 +284,27 @@ def remove_untrusted_links(markdown: str, allowed_hosts: Iterable[str] = (),
         note("link", _host(match["url"]))
         return "[link removed]"
 
-    text = _INLINE.sub(inline, markdown)
-    text = _REFERENCE.sub(reference, text)
-    text = _DEFINITION.sub(definition, text)
-    return _AUTOLINK.sub(autolink, text)
+    for _ in range(3):  # removing an inner image can expose an outer one: ![![x](a)](b)
+        before = text
+        text = _AUTOLINK.sub(autolink, _DEFINITION.sub(definition, _REFERENCE.sub(reference, _INLINE.sub(inline, text))))
+        if text == before:
+            break
+    if escape_leftovers and any(not _trusted(url, allowed) for url in _rendered_urls(text)):
+        note("markup", "")
+        text = _MARKUP.sub(r"\\\1", text)
+    return text
+
+
+def _check_model(model: str) -> None:
+    check(model in MODELS, "model", f"one of {sorted(MODELS)}", model)
 
 
 def truncate_tokens(text: str, model: str, max_tokens: int) -> tuple[str, bool]:
     """At most `max_tokens` of `model`'s tokens, cut at a token boundary that is also a whole
     character; and whether anything was cut."""
+    _check_model(model)
+    check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0, "max_tokens",
+          "a whole number >= 0", max_tokens)
     encoding = encoding_for(model)
     tokens = encoding.encode(text)
     if len(tokens) <= max_tokens:
@@ -259,9 +326,11 @@ def safe_html(markdown: str, allowed_hosts: Iterable[str] = ()) -> str:
     """HTML for a browser: untrusted links and images removed first, raw HTML escaped by the
     markdown renderer, then the result sanitised by nh3 (only plain formatting tags, http(s)
     links, which also get rel="noopener noreferrer")."""
+    check(not isinstance(allowed_hosts, str), "allowed_hosts", "a collection of host names, not one string",
+          allowed_hosts)
     allowed = list(allowed_hosts)
-    html = _MARKDOWN.render(remove_untrusted_links(markdown, allowed))
-    return nh3.clean(html, url_schemes={"http", "https"},
+    rendered = _MARKDOWN.render(remove_untrusted_links(markdown, allowed, escape_leftovers=False))
+    return nh3.clean(rendered, url_schemes={"http", "https"},
                      attribute_filter=lambda tag, attr, value: value if attr not in ("href", "src")
                      or _trusted(value, frozenset(allowed)) else None)
 
@@ -277,12 +346,18 @@ class Guarded:
 
 
 class OutputGuard:
-    """Makes reply text safe: untrusted links out, secrets and personal data redacted, then cut
-    to `max_tokens` of `model`'s tokens (redact first, then truncate)."""
+    """Makes reply text safe: untrusted links out (character references and invisible characters
+    that could hide a URL or a key undone first), secrets and personal data redacted, then cut
+    to `max_tokens` of `model`'s tokens (redact first, then truncate; a cut never ends inside a
+    placeholder)."""
 
     def __init__(self, *, model: str, max_tokens: int, allowed_hosts: Iterable[str] = (),
                  on_event: EventSink | None = None, clock: Clock = SYSTEM_CLOCK, name: str = "output-guard") -> None:
-        check(isinstance(max_tokens, int) and max_tokens >= 1, "max_tokens", "a whole number >= 1", max_tokens)
+        _check_model(model)
+        check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1, "max_tokens",
+              "a whole number >= 1", max_tokens)
+        check(not isinstance(allowed_hosts, str), "allowed_hosts", "a collection of host names, not one string",
+              allowed_hosts)
         self.model, self.max_tokens = model, max_tokens
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.on_event, self.clock, self.name = on_event, clock, name
@@ -306,6 +381,10 @@ class OutputGuard:
         text = redaction.redact(text, on_event=count, clock=self.clock)
         whole = len(encoding_for(self.model).encode(text))
         text, cut = truncate_tokens(text, self.model, self.max_tokens)
+        if cut:  # never end on a piece of a placeholder: "[REDACT"
+            start = text.rfind("[")
+            if start != -1 and "]" not in text[start:] and "[REDACTED:".startswith(text[start:start + 10]):
+                text = text[:start].rstrip()
         if cut and self.on_event is not None:
             self.on_event(Truncated(self.clock.now(), self.name, whole, self.max_tokens))
         return Guarded(text, redacted, removed, cut)

@@ -75,7 +75,8 @@ class AsyncScreen(Protocol):
 @dataclass(frozen=True)
 class Rule:
     """One named pattern. It is matched against `normalise(text)`: lower case, one space between
-    words, sentence punctuation (, ; . ! ? quotes brackets) turned into spaces."""
+    words, sentence punctuation and emphasis (, ; . ! ? quotes ( ) { } * `) turned into spaces.
+    Colons and square brackets stay: rules match chat markup such as "[INST]" and "New instructions:"."""
 
     name: str
     family: str
@@ -241,7 +242,7 @@ ENCODINGS: tuple[str, ...] = ("base64", "hex", "rot13")
 # Format characters (zero-width space and joiners, BOM, soft hyphen, direction marks) are
 # invisible and split words for a regex; NFKC folds fullwidth and other compatibility letters.
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
-_BREAKS = re.compile(r"[\s,;.!?\"()«»„…]+")
+_BREAKS = re.compile(r"(?:[\s,;.!?\"(){}*`«»„…]|(?<!\w)'|'(?!\w))+")  # an apostrophe inside a word stays
 
 
 def _clean(text: str) -> str:
@@ -251,7 +252,8 @@ def _clean(text: str) -> str:
 
 def normalise(text: str) -> str:
     """The form every rule is matched against: NFKC, format characters removed, case folded,
-    curly quotes straightened, and runs of spaces and sentence punctuation turned into one space."""
+    curly quotes straightened, and runs of spaces, sentence punctuation and emphasis marks turned
+    into one space (see `Rule`)."""
     return _BREAKS.sub(" ", _clean(text).translate(_QUOTES).casefold()).strip()
 
 
@@ -476,10 +478,12 @@ class Screening:
         return ScreeningResult(tuple(verdicts))
 
     async def acheck(self, text: str) -> ScreeningResult:
-        """Awaits screens that have `acheck`, calls the others' `check`."""
+        """Awaits screens that have `acheck` (unless their `is_async` says they hold a sync
+        client), calls the others' `check`."""
         verdicts = []
         for screen in self.screens:
-            verdicts.append(await screen.acheck(text) if hasattr(screen, "acheck") else screen.check(text))
+            awaitable = getattr(screen, "is_async", hasattr(screen, "acheck"))
+            verdicts.append(await screen.acheck(text) if awaitable else screen.check(text))
             if self._record(verdicts[-1]):
                 break
         return ScreeningResult(tuple(verdicts))

