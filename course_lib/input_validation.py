@@ -382,9 +382,10 @@ class InputValidator:
         return clean
 
     def _fit(self, messages: list[Message], model: str, limit: int, reserve: int) -> tuple[list[Message], int]:
-        """Drop the oldest messages between the leading system/developer messages and the latest
-        turn (the last user message and whatever follows it; the last message if there is no user
-        message) until the prompt fits. What must be kept is never cut: too long is refused."""
+        """Drop the oldest whole turns (a user message and the replies that follow it) between the
+        leading system/developer messages and the latest turn (the last user message and whatever
+        follows it; the last message if there is no user message) until the prompt fits, so no
+        answer is kept without its question. What must be kept is never cut: too long is refused."""
         sizes = [message_tokens(m, model) for m in messages]
         before = REPLY_PRIMER + sum(sizes)
         if before <= limit:
@@ -394,9 +395,12 @@ class InputValidator:
         latest = users[-1] if users else len(messages) - 1
         after, dropped = before, 0
         if self.policy.fit == "drop-oldest":
-            while after > limit and head + dropped < latest:
-                after -= sizes[head + dropped]
-                dropped += 1
+            starts = [i for i in range(head + 1, latest) if messages[i].role == "user"] + [latest]
+            for end in starts:  # each turn ends where the next user message starts
+                if after <= limit:
+                    break
+                after -= sum(sizes[head + dropped:end])
+                dropped = end - head
         if after > limit:
             kept = f" after dropping {dropped} older message{'s' if dropped > 1 else ''}" if dropped else ""
             raise InputError("messages", "too_many_tokens", f"{after:,} tokens{kept}, over the limit of {limit:,} "

@@ -351,3 +351,13 @@ def test_helpers_refuse_an_unknown_model_by_name() -> None:
         worst_case_cost_usd("gpt-5", 10, 10)
     with pytest.raises(ValueError, match="default_reserve must be >= 1, got True"):
         InputPolicy(default_reserve=True)
+
+
+def test_a_whole_turn_goes_so_no_answer_is_kept_without_its_question() -> None:
+    # system, user 12000, assistant 100, user 100, assistant 100, user 100: dropping the first user
+    # message alone would fit, but its answer goes with it.
+    messages = conversation(12_000, 100, 100, 100, 100)
+    check, recorder = validator(BIG)
+    valid = check.validate({"model": "gpt-3.5-turbo", "messages": messages, "max_tokens": 4096})
+    assert [m["content"] for m in valid.messages_for_api()] == [hello(100)] * 4
+    assert valid.dropped == 2 and recorder.of(TurnsDropped)[0].dropped == 2
