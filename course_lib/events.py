@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 __all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp", "StateChange", "Rejected", "CallOutcome",
            "StoreFallback", "FallbackStep", "TextCleaned", "TurnsDropped", "InputRejected", "Screened", "Redacted",
-           "LinkRemoved", "Truncated", "RepairAttempt", "OutputVerdict"]
+           "LinkRemoved", "Truncated", "RepairAttempt", "OutputVerdict", "LimitChecked", "BudgetChanged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +203,30 @@ class OutputVerdict(Event):
     outcome: str
     attempts: int
     detail: str = ""
+
+
+# --- rate limits and budgets ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LimitChecked(Event):
+    """A rate limiter decided on one request for `key`; `retry_after` (whole seconds) is set
+    when it was refused."""
+
+    key: str
+    allowed: bool
+    remaining: int
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChanged(Event):
+    """A cost budget moved: `action` is "reserved", "settled", "released", "expired" (a lease
+    ran out) or "refused"; amounts in US dollars."""
+
+    key: str
+    action: str
+    amount_usd: float
+    spent_usd: float
+    limit_usd: float
 
 
 class Recorder:
