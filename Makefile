@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 EXECUTED := build/executed
 
-.PHONY: lab test site bench clean
+.PHONY: lab test site bench soak clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,15 +36,27 @@ site: $(INSTALLED)
 	$(PY) -m pytest -q --nbmake --overwrite $(EXECUTED)
 	$(PY) tools/build_site.py $(EXECUTED) build/site
 
-# Quick by default (CI runs it so); `make bench BENCH_SECONDS=5 BENCH_MB=1` for the full-size figures.
+# Quick by default (CI runs it so); `make bench BENCH_SECONDS=5 BENCH_MB=1 BENCH_DECISIONS=5000`
+# for the full-size figures.
 BENCH_SECONDS ?= 0.4
 BENCH_MB ?= 0.01
+BENCH_DECISIONS ?= 200
 
 bench: $(INSTALLED)
 	$(PY) bench/bench_retry.py
 	$(PY) bench/bench_breaker.py
 	$(PY) bench/bench_sim_server.py --seconds $(BENCH_SECONDS)
 	$(PY) bench/bench_redaction.py --size $(BENCH_MB)
+	$(PY) bench/bench_ratelimit.py --decisions $(BENCH_DECISIONS)
+
+# Many processes against one real redis-server (started on a free port): 0 admissions over a
+# rate limit in any window, 0 cents over a budget. `make soak SOAK_REQUESTS=100000` for full size.
+SOAK_REQUESTS ?= 4000
+SOAK_OPERATIONS ?= 100
+
+soak: $(INSTALLED)
+	$(PY) tools/soak_ratelimit.py --requests $(SOAK_REQUESTS)
+	$(PY) tools/soak_budget.py --operations $(SOAK_OPERATIONS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
