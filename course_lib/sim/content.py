@@ -20,7 +20,7 @@ from typing import Any
 from .requests import text_of
 
 __all__ = ["Draft", "Planted", "SchemaError", "draft", "support_reply", "value_for", "planted_for",
-           "apply_output_fault", "break_json", "violate", "to_json"]
+           "apply_output_fault", "break_json", "violate", "to_json", "seeded", "resolve"]
 
 # --- support replies ---------------------------------------------------------------------------
 GREETINGS = ("Thanks for reaching out.", "Thank you for your message.", "Thanks for getting in touch.",
@@ -76,6 +76,10 @@ MIN_WORDS, MAX_WORDS = 12, 60
 
 def _rng(*parts: Any) -> random.Random:
     return random.Random(hashlib.sha256("|".join(map(str, parts)).encode()).digest())
+
+
+seeded = _rng
+"""A generator drawn from the given parts only, so every reply replays per (seed, request)."""
 
 
 def _topics(messages: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -149,6 +153,10 @@ def _resolve(schema: Any, root: Mapping[str, Any]) -> Any:
         if "$ref" in target:
             schema["$ref"] = target["$ref"]  # a chain: resolve the next link
     raise SchemaError("the schema recurses without a way to stop ($ref points back to itself)")
+
+
+resolve = _resolve
+"""`schema` with its $ref chain followed inside `root`: what a property's schema really says."""
 
 
 def _merge(parts: Sequence[Any], root: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,11 +375,12 @@ class Draft:
 
 
 def draft(seed: int, model: str, messages: Sequence[Mapping[str, Any]],
-          response_format: Mapping[str, Any] | None) -> Draft:
-    """The reply to (seed, model, messages), in the requested format: support sentences for text,
-    `{"answer": <them>}` for json_object, a value following the schema for json_schema."""
+          response_format: Mapping[str, Any] | None, text: str | None = None) -> Draft:
+    """The reply to (seed, model, messages), in the requested format: support sentences (or `text`,
+    e.g. the answer after tool results) for text, `{"answer": <them>}` for json_object, a value
+    following the schema for json_schema."""
     prompt = json.dumps(messages, sort_keys=True)
-    text = support_reply(_rng(seed, model, prompt), messages)
+    text = support_reply(_rng(seed, model, prompt), messages) if text is None else text
     kind = (response_format or {}).get("type", "text")
     if kind == "json_object":
         return Draft(to_json({"answer": text}), {"answer": text})

@@ -14,6 +14,12 @@ Two families. Transport faults (outage, rate_limit, quota, capacity, latency, ha
 whether and when a request is answered; they cover moderation requests too unless `models` says
 otherwise. Output faults (invalid_json, schema_violation, truncated, refusal, leaky) answer 200
 but change what a chat completion says: the bad output that output validation must catch.
+
+Apart from the faults, `key_limits` gives every API key (or the listed ones) a request and a token
+quota per minute, which chat completions report in OpenAI's `x-ratelimit-*` headers and enforce
+with 429s; a plan without it sends no such headers:
+
+    {"key_limits": {"requests_per_minute": 60, "tokens_per_minute": 40000}}
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pydantic import (
 from .models import MODELS
 from .moderation import MODERATION_MODELS
 
-__all__ = ["FaultPlan", "FaultPlanError", "Fault", "OUTPUT_KINDS", "LEAKS"]
+__all__ = ["FaultPlan", "FaultPlanError", "Fault", "KeyLimits", "OUTPUT_KINDS", "LEAKS"]
 
 Leak = Literal["secret", "personal", "image", "link"]
 LEAKS: tuple[Leak, ...] = ("secret", "personal", "image", "link")
@@ -192,6 +198,29 @@ Fault = Annotated[
 ]
 
 
+class KeyLimits(BaseModel):
+    """Per-key quotas, as a real provider sets them per organisation: each covered API key (the
+    bearer token) has a bucket of `requests_per_minute` requests and one of `tokens_per_minute`
+    tokens, full at first and refilling continuously (the whole limit over a minute) on the
+    provider's clock. A chat completion takes one request and its tokens: prompt plus
+    `max_tokens` (or `max_completion_tokens`) when set, taken up front; without one, the prompt up
+    front and the real completion after the reply. A request the buckets cannot cover gets a 429
+    `rate_limit_exceeded` with Retry-After and takes nothing; one needing more tokens than the
+    whole limit gets a 429 without Retry-After (waiting cannot help). The buckets are checked
+    before the transport faults, so a request they admit keeps its charge if a fault then fails
+    it. Only chat completions count; moderation is not limited. `keys`: the keys covered (None:
+    every key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: int = Field(gt=0)
+    tokens_per_minute: int = Field(gt=0)
+    keys: list[str] | None = Field(None, min_length=1)
+
+    def covers(self, key: str | None) -> bool:
+        return key is not None and (self.keys is None or key in self.keys)
+
+
 class FaultPlan(BaseModel):
     """A seeded list of faults; the first transport fault (in order) that applies to a request
     decides its fate, except latency, which adds its delay and lets the next ones decide.
@@ -207,6 +236,7 @@ class FaultPlan(BaseModel):
 
     seed: int = 0
     faults: list[Fault] = []
+    key_limits: KeyLimits | None = None
 
     @classmethod
     def parse(cls, data: Any) -> FaultPlan:

@@ -6,8 +6,9 @@ carry the reply out. Replies use the real wire format, so the openai SDK parses 
 its real exception classes. Every request is logged in `provider.log`.
 
 Endpoints: `POST /v1/chat/completions` (text, `response_format` json_object and json_schema,
-streaming), `POST /v1/moderations`, `GET /v1/models[/name]`. What a reply says comes from
-`content.py`; what goes wrong, from the fault plan (`faults.py`).
+tool calls, streaming), `POST /v1/moderations`, `GET /v1/models[/name]`. What a reply says comes
+from `content.py` and `tools.py`; what goes wrong, from the fault plan (`faults.py`), whose
+`key_limits` also set per-key quotas reported in `x-ratelimit-*` headers.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..clock import SYSTEM_CLOCK, Clock
-from . import content
-from .faults import OUTPUT_KINDS, FaultPlan
-from .models import MODELS, count_prompt_tokens, encoding_for, text_pieces
+from . import content, tools
+from .faults import OUTPUT_KINDS, FaultPlan, KeyLimits
+from .models import MODELS, encoding_for, text_pieces
 from .moderation import classify, validate_moderation
-from .requests import ApiError, validate_chat
+from .requests import ApiError, bearer_key, validate_chat
 
-__all__ = ["SimProvider", "SimReply", "CallRecord", "ApiError"]
+__all__ = ["SimProvider", "SimReply", "CallRecord", "ApiError", "KeyQuotas", "duration"]
 
 MODELS_CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z, the `created` date of every model card
 API_VERSION = "2020-10-01"  # what OpenAI sends in its `openai-version` header
@@ -81,6 +82,74 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
                                           "rejected_prediction_tokens": 0}}
 
 
+def duration(seconds: float) -> str:
+    """A wait as OpenAI writes it in `x-ratelimit-reset-*` (Go's duration format, to the
+    millisecond): "0s", "20ms", "1s", "1.5s", "6m0s", "1h0m0s"."""
+    ms = max(0, math.ceil(round(seconds * 1000, 6)))
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest // 1000}.{rest % 1000:03d}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{secs}"
+    return f"{minutes}m{secs}" if minutes else secs
+
+
+class KeyQuotas:
+    """The request and token buckets of each API key under `KeyLimits` (see there for the rules):
+    levels refill continuously at the limit per minute, up to the limit."""
+
+    def __init__(self, limits: KeyLimits) -> None:
+        self.limits = limits
+        self._state: dict[str, tuple[float, float, float]] = {}  # key -> (requests, tokens, at time)
+
+    def levels(self, key: str, t: float) -> tuple[float, float]:
+        """(requests, tokens) left for `key` at `t`, refilled since it was last seen."""
+        rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
+        requests, tokens, then = self._state.get(key, (rpm, tpm, t))
+        elapsed = max(0.0, t - then)
+        return min(rpm, requests + elapsed * rpm / 60), min(tpm, tokens + elapsed * tpm / 60)
+
+    def admit(self, key: str, t: float, tokens: int) -> ApiError | None:
+        """Take one request and `tokens` from the key's buckets, or the 429 that refuses them (taking nothing)."""
+        requests, left = self.levels(key, t)
+        rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
+        if tokens > tpm:
+            return ApiError(429, f"Request too large for this API key's tokens per minute (TPM): limit {tpm}, "
+                                 f"requested {tokens}. Send fewer prompt tokens or a lower max_tokens.", "tokens",
+                            code="rate_limit_exceeded")
+        if requests < 1:
+            return self._refusal("requests", "requests per minute (RPM)", rpm, requests, 1, (1 - requests) * 60 / rpm)
+        if left < tokens:
+            return self._refusal("tokens", "tokens per minute (TPM)", tpm, left, tokens, (tokens - left) * 60 / tpm)
+        self._state[key] = (requests - 1, left - tokens, t)
+        return None
+
+    @staticmethod
+    def _refusal(kind: str, label: str, limit: int, left: float, wanted: int, wait: float) -> ApiError:
+        headers = {"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(max(1, math.ceil(wait * 1000)))}
+        return ApiError(429, f"Rate limit reached for this API key's {label}: limit {limit}, remaining "
+                             f"{max(0, math.floor(left))}, requested {wanted}. Please try again in {duration(wait)}.",
+                        kind, code="rate_limit_exceeded", headers=headers)
+
+    def charge(self, key: str, t: float, tokens: int) -> None:
+        """Take `tokens` more (the completion of a request that set no max_tokens); the bucket may
+        go below zero, and then refills from there."""
+        requests, left = self.levels(key, t)
+        self._state[key] = (requests, left - tokens, t)
+
+    def headers(self, key: str, t: float) -> dict[str, str]:
+        """The six `x-ratelimit-*` headers for `key` at `t`."""
+        rpm, tpm = self.limits.requests_per_minute, self.limits.tokens_per_minute
+        requests, tokens = self.levels(key, t)
+        return {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-limit-tokens": str(tpm),
+                "x-ratelimit-remaining-requests": str(max(0, math.floor(requests + 1e-9))),
+                "x-ratelimit-remaining-tokens": str(max(0, math.floor(tokens + 1e-9))),
+                "x-ratelimit-reset-requests": duration((rpm - requests) * 60 / rpm),
+                "x-ratelimit-reset-tokens": duration((tpm - tokens) * 60 / tpm)}
+
+
 class SimProvider:
     """The simulated provider. Times in the fault plan count from its creation on `clock`."""
 
@@ -93,6 +162,7 @@ class SimProvider:
         self._rng = random.Random(self.seed)
         self._ids = itertools.count(1)
         self._buckets: dict[int, tuple[int, int]] = {}  # capacity fault -> (second, requests used)
+        self.quotas = KeyQuotas(self.plan.key_limits) if self.plan.key_limits is not None else None
         self._lock = threading.Lock()
 
     @property
@@ -149,15 +219,30 @@ class SimProvider:
 
     # --- chat completions ---------------------------------------------------------------------
     def _chat(self, headers: dict[str, str], body: bytes, t: float, request_id: str) -> SimReply:
-        """A chat completion. Usage bills the messages only; a real provider also counts the tokens
-        of a `response_format` schema (and caches it), so its prompt_tokens run higher there."""
+        """A chat completion; with `key_limits` in the plan, every reply to a covered key (errors
+        too) carries the key's `x-ratelimit-*` headers as they stand after the request."""
+        key = bearer_key(headers)
+        if self.quotas is None or not self.quotas.limits.covers(key):
+            return self._completion(headers, body, t, request_id, None)
+        assert key is not None
+        try:
+            reply = self._completion(headers, body, t, request_id, key)
+        except ApiError as error:
+            reply = SimReply.refusal(error)
+        reply.headers.update(self.quotas.headers(key, t))
+        return reply
+
+    def _completion(self, headers: dict[str, str], body: bytes, t: float, request_id: str, key: str | None) -> SimReply:
+        """A chat completion: text, structured output, or tool calls. Usage bills the messages (and
+        the tool calls they carry, see tools.py) only; a real provider also counts the tokens of a
+        `response_format` schema and of the tool definitions, so its prompt_tokens run higher there."""
         try:
             request = validate_chat(headers, body)
         except ApiError as error:
             self.log.append(CallRecord(t, None, error.status))
             raise
         model, messages = request["model"], request["messages"]
-        prompt_tokens = count_prompt_tokens(messages, model)
+        prompt_tokens = tools.prompt_tokens(messages, model)
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
         window = MODELS[model].context_window
         if prompt_tokens + (limit or 0) > window:
@@ -170,9 +255,32 @@ class SimProvider:
                 param="messages",
                 code="context_length_exceeded",
             )
+        calls = self._tool_calls(request, t, prompt_tokens) if tools.wants_tool_calls(request) else None
+        found = self._draft(request, t, prompt_tokens) if calls is None else None
+        if key is not None and self.quotas is not None:
+            refusal = self.quotas.admit(key, t, prompt_tokens + (limit or 0))
+            if refusal is not None:
+                self.log.append(CallRecord(t, model, 429, "key_limits", prompt_tokens))
+                raise refusal
+        refused = self._refused(model, t, prompt_tokens)
+        if isinstance(refused, SimReply):
+            return refused
+        if calls is not None:
+            reply, completion_tokens = self._tool_reply(request, calls, t, request_id, refused)
+        else:
+            assert found is not None
+            reply, completion_tokens = self._text_reply(request, found, t, request_id, refused)
+        if key is not None and self.quotas is not None and limit is None:
+            self.quotas.charge(key, t, completion_tokens)
+        return reply
 
+    def _draft(self, request: dict[str, Any], t: float, prompt_tokens: int) -> content.Draft:
+        """What the model says in text (support sentences, or a report of the tool results that end
+        the conversation), in the requested format; a schema no value fits is a 400."""
+        model, messages = request["model"], request["messages"]
         try:
-            found = content.draft(self.seed, model, messages, request.get("response_format"))
+            return content.draft(self.seed, model, messages, request.get("response_format"),
+                                 tools.answer_from_results(self.seed, model, messages))
         except (ValueError, TypeError, IndexError, KeyError) as error:  # the schema's fault (SchemaError is a ValueError)
             self.log.append(CallRecord(t, model, 400, None, prompt_tokens))
             name = request["response_format"]["json_schema"]["name"]
@@ -181,30 +289,86 @@ class SimProvider:
             raise ApiError(400, f"Invalid schema for response_format '{name}': {why}.",
                            param="response_format") from None
 
-        refused = self._refused(model, t, prompt_tokens)
-        if isinstance(refused, SimReply):
-            return refused
+    def _tool_calls(self, request: dict[str, Any], t: float, prompt_tokens: int) -> list[dict[str, Any]]:
+        """The calls the model makes; a parameters schema no arguments fit is a 400 naming the tool."""
+        try:
+            return tools.tool_calls_for(self.seed, request["model"], request)
+        except tools.ToolSchemaError as error:
+            self.log.append(CallRecord(t, request["model"], 400, None, prompt_tokens))
+            raise ApiError(400, str(error), param=f"tools[{error.index}].function.parameters",
+                           code="invalid_function_parameters") from None
+
+    def _common(self, model: str, request_id: str) -> dict[str, Any]:
+        return {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": int(self.clock.wall()),
+                "model": model, "service_tier": "default", "system_fingerprint": "fp_course_lib_sim"}
+
+    def _text_reply(self, request: dict[str, Any], found: content.Draft, t: float, request_id: str,
+                    delay: float) -> tuple[SimReply, int]:
+        """A 200 with content (or a refusal), output faults applied; and its completion tokens."""
+        model, messages = request["model"], request["messages"]
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
         output = self._output_fault_for(model, t)
         text, refusal = (found.text, None) if output is None else content.apply_output_fault(
             found, output, seed=self.seed, prompt_key=f"{model}|{json.dumps(messages, sort_keys=True)}")
         truncated = output is not None and output.kind == "truncated"
         tokens, finish = self._cut(model, refusal if refusal is not None else text or "", limit, truncated)
+        prompt_tokens = tools.prompt_tokens(messages, model)
         self.log.append(CallRecord(t, model, 200, output.kind if output else None, prompt_tokens, len(tokens)))
         usage = _usage(prompt_tokens, len(tokens))
-        common = {"id": "chatcmpl-sim-" + request_id.removeprefix("req_sim_"), "created": int(self.clock.wall()),
-                  "model": model, "service_tier": "default", "system_fingerprint": "fp_course_lib_sim"}
+        common = self._common(model, request_id)
         field = "content" if refusal is None else "refusal"
         if request.get("stream"):
             include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
                             chunks=self._stream(common, model, tokens, finish, usage if include_usage else None, field),
-                            delay=refused)
+                            delay=delay), len(tokens)
         said = "".join(text_pieces(tokens, model, size=len(tokens) or 1))
         message: dict[str, Any] = {"role": "assistant", "content": said if field == "content" else None,
                    "refusal": said if field == "refusal" else None, "annotations": []}
         completion = {**common, "object": "chat.completion", "usage": usage,
                       "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
-        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=refused)
+        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=delay), len(tokens)
+
+    def _tool_reply(self, request: dict[str, Any], calls: list[dict[str, Any]], t: float, request_id: str,
+                    delay: float) -> tuple[SimReply, int]:
+        """A 200 whose message is `tool_calls` (content null), finish_reason "tool_calls", or
+        "length" with the arguments cut where max_tokens runs out. Output faults leave it alone."""
+        model, messages = request["model"], request["messages"]
+        limit = request.get("max_completion_tokens") or request.get("max_tokens")
+        calls, used, finish = self._cut_calls(model, calls, limit)
+        prompt_tokens = tools.prompt_tokens(messages, model)
+        self.log.append(CallRecord(t, model, 200, None, prompt_tokens, used))
+        usage = _usage(prompt_tokens, used)
+        common = self._common(model, request_id)
+        if request.get("stream"):
+            include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+            return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
+                            chunks=self._stream_calls(common, model, calls, finish, usage if include_usage else None),
+                            delay=delay), used
+        message = {"role": "assistant", "content": None, "refusal": None, "annotations": [], "tool_calls": calls}
+        completion = {**common, "object": "chat.completion", "usage": usage,
+                      "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+        return SimReply(200, {"content-type": "application/json"}, _json(completion), delay=delay), used
+
+    @staticmethod
+    def _cut_calls(model: str, calls: list[dict[str, Any]], limit: int | None) -> tuple[list[dict[str, Any]], int, str]:
+        """(calls, completion tokens, finish reason): within `limit`, the calls whole; past it, the
+        call it runs out in with its arguments cut (no longer valid JSON), and none after it."""
+        total = tools.completion_tokens(calls, model)
+        if limit is None or total <= limit:
+            return calls, total, "tool_calls"
+        kept, left = [], limit
+        for call in calls:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            left -= encoding_for(model).count(name)
+            tokens = encoding_for(model).encode(arguments)
+            if left < len(tokens):
+                cut = "".join(text_pieces(tokens[:max(0, left)], model, size=max(1, left)))
+                kept.append({**call, "function": {"name": name, "arguments": cut}})
+                break
+            kept.append(call)
+            left -= len(tokens)
+        return kept, tools.completion_tokens(kept, model), "length"
 
     def _refused(self, model: str, t: float, prompt_tokens: int = 0) -> SimReply | float:
         """The reply a transport fault gives this request (logged), or else the delay to answer after."""
@@ -306,6 +470,35 @@ class SimProvider:
         messages = {500: "The server had an error while processing your request.", 502: "Bad gateway.",
                     503: "The server is overloaded or not ready yet."}
         return ApiError(status, messages[status], "server_error")
+
+    @staticmethod
+    def _stream_calls(common: dict[str, Any], model: str, calls: list[dict[str, Any]], finish: str,
+                      usage: dict[str, Any] | None) -> list[bytes]:
+        """Server-sent events for tool calls, as the real API sends them: each call opens with its
+        index, id, type and name (empty arguments), then its arguments follow in pieces of about
+        four tokens, `delta.tool_calls[0].function.arguments` each; the first chunk also says the role."""
+        extra = {"usage": None} if usage is not None else {}
+
+        def event(data: dict[str, Any]) -> bytes:
+            return b"data: " + _json({**common, "object": "chat.completion.chunk", **data}) + b"\n\n"
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return event({"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                          **extra})
+
+        events = []
+        for index, call in enumerate(calls):
+            opening = {"index": index, "id": call["id"], "type": "function",
+                       "function": {"name": call["function"]["name"], "arguments": ""}}
+            first = {"role": "assistant", "content": None, "refusal": None} if index == 0 else {}
+            events.append(chunk({**first, "tool_calls": [opening]}))
+            pieces = text_pieces(encoding_for(model).encode(call["function"]["arguments"]), model)
+            events += [chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}) for piece in pieces]
+        events.append(chunk({}, finish))
+        if usage is not None:
+            events.append(event({"choices": [], "usage": usage}))
+        events.append(b"data: [DONE]\n\n")
+        return events
 
     @staticmethod
     def _stream(common: dict[str, Any], model: str, tokens: list[int], finish: str, usage: dict[str, Any] | None,
