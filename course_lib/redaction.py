@@ -11,19 +11,29 @@
 
 Each detector is one precompiled pattern with a bounded longest match, plus the check a regex
 cannot make: Luhn for card numbers, the mod-97 checksum for IBANs, the `phonenumbers` matcher
-for phone numbers. Credential patterns follow the formats issued today (an OpenAI key starts
-`sk-proj-` and runs to about 164 characters; `sk-` + 48 is the legacy form). Overlaps are
-settled left to right: the match that starts first wins, a tie goes to the detector listed
-first in `DETECTORS`, and after a finding every detector starts afresh at its end, reading the
+for phone numbers, base64 decoding for HTTP Basic credentials. Credential patterns follow the
+formats issued today: model providers (OpenAI, Anthropic, OpenRouter, Groq, xAI, Hugging Face),
+code hosts and registries (GitHub, GitLab, npm), AWS, Google, Slack (tokens and incoming-webhook
+URLs), Stripe (keys and webhook signing secrets), SendGrid, JWTs, bearer and Basic credentials,
+and private-key blocks. An OpenAI key starts `sk-proj-` (or `sk-svcacct-`, `sk-admin-`) and runs
+to about 164 characters; `sk-` + 48 is the legacy form. A prefix is not enough where words may
+follow it, as hyphens and underscores allow after `sk-proj-` and `glpat-`: there the body must
+hold at least two of capitals, small letters and digits, as a random one does (the CSS class
+"sk-proj-header-navigation-item-active" and "glpat-your-personal-access-token" do not). Where
+the secret sits in a header or a URL, only the secret is replaced:
+`Basic [REDACTED:basic_auth]`, `https://hooks.slack.com/services/[REDACTED:slack_webhook]`.
+Overlaps are settled left to right: the match that starts first wins, a tie goes to the detector
+listed first in `DETECTORS`, and after a finding every detector starts afresh at its end, reading the
 placeholder instead of the secret. That is why redacting twice changes nothing: the second pass
 sees exactly what the first one saw, and a placeholder (`[REDACTED:email]`) matches nothing.
-Redact before truncating: a key cut short matches no detector and its first part leaks.
+Redact before truncating: a key cut short may match no detector, and then its first part leaks.
 
 A stream gives exactly what `redact` gives for the whole text, however the text is chunked.
 It holds back the last `HOLDBACK` (65) characters: an e-mail address's local part may be 64
 characters long, and nothing marks it as an address until its "@" arrives. The detectors with
 no distinctive opening fit in that window (the longest, a spaced IBAN, needs 45). Detectors
-that open with a marker (`sk-`, `eyJ`, `Bearer`, `-----BEGIN ... PRIVATE KEY-----`, and "@")
+that open with a marker (`sk-`, `hf_`, `glpat-`, `SG.`, `eyJ`, `Bearer`, `Basic`, a webhook's
+`hooks.slack.com/services/`, `-----BEGIN ... PRIVATE KEY-----`, "@" and the others)
 hold from the marker until the token has visibly ended or the detector's bound is reached, so
 a 2 kB JWT is held whole while ordinary text flows on. A private-key block is held until its
 END line, for at most `PEM_BODY_MAX` characters; past that bound the whole held block is
@@ -35,6 +45,8 @@ Imports nothing from course_lib but events: structured logging calls it on every
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 from collections import Counter
@@ -134,26 +146,78 @@ def _token(kind: str, opener: str, run: str, max_len: int, opener_len: int, hint
                     opener_len=opener_len)
 
 
+def _looks_random(body: str) -> bool:
+    """At least two of capitals, small letters and digits: true of a random base64url body of 20
+    or more characters (all but about one in seven million), untrue of the hyphenated words of a
+    CSS class, a slug or a placeholder. Cutting a body short never makes it pass, so the verdict
+    on a token that runs into the next secret is the same after that secret has been redacted."""
+    return sum((any(c.isupper() for c in body), any(c.islower() for c in body), any(c.isdigit() for c in body))) >= 2
+
+
+def _body_check(m: re.Match[str]) -> Span | None:
+    """A token whose prefix words may follow: its body must look random."""
+    return m.span() if _looks_random(m.group("body")) else None
+
+
 def _openai_check(m: re.Match[str]) -> Span | None:
-    """Legacy keys (`sk-` + 48) carry "T3BlbkFJ" (base64 of "OpenAI") in the middle."""
+    """Legacy keys (`sk-` + 48) carry "T3BlbkFJ" (base64 of "OpenAI") in the middle. Current keys
+    carry it too, 74 characters in (58 for admin keys); the body need not, so that a key cut
+    short before the marker is still caught, but it must look random."""
     legacy = m.group("legacy")
-    return None if legacy is not None and "T3BlbkFJ" not in legacy else m.span()
+    if legacy is not None:
+        return m.span() if "T3BlbkFJ" in legacy else None
+    return _body_check(m)
 
 
+def _path_check(m: re.Match[str]) -> Span | None:
+    """The secret is the path: the host stays, so a reader still sees where the URL pointed."""
+    return m.span("v")
+
+
+# Model providers.
 _OPENAI = _token("openai_key", "sk-", "[A-Za-z0-9_-]", 260, 3, ("sk-",), _openai_check,
-                 pattern=rf"sk-(?:(?:proj|svcacct|admin|None)-{_URLSAFE}{{40,240}}|(?P<legacy>[A-Za-z0-9]{{48}}))")
+                 pattern=rf"sk-(?:(?:proj|svcacct|admin|None)-(?P<body>{_URLSAFE}{{40,240}})"
+                         r"|(?P<legacy>[A-Za-z0-9]{48}))")
 _ANTHROPIC = _token("anthropic_key", "sk-ant-", "[A-Za-z0-9_-]", 264, 7, ("sk-ant-",),
                     pattern=rf"sk-ant-(?:api|admin|oat|ort)\d{{2}}-{_URLSAFE}{{32,240}}")
+_OPENROUTER = _token("openrouter_key", "sk-or-v1-", "[0-9a-f]", 73, 9, ("sk-or-v1-",),
+                     pattern=r"sk-or-v1-[0-9a-f]{64}")
+_GROQ = _token("groq_key", "gsk_", "[A-Za-z0-9]", 255, 4, ("gsk_",), pattern=r"gsk_[A-Za-z0-9]{52,251}")
+_XAI = _token("xai_key", "xai-", "[A-Za-z0-9]", 255, 4, ("xai-",), pattern=r"xai-[A-Za-z0-9]{80,251}")
+_HUGGINGFACE = _token("huggingface_token", "hf_", "[A-Za-z0-9]", 255, 3, ("hf_",),
+                      pattern=r"hf_[A-Za-z0-9]{34,252}")
+
+# Code hosts and package registries. GitLab: a classic token is 20 characters; a routable one
+# (GitLab 17.x) is a longer base64url payload, a dot and 9 characters (its length and a CRC32).
 _GITHUB = _token("github_token", "gh[pousr]_|github_pat_", "[A-Za-z0-9_]", 255, 11,
                  ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
                  pattern=r"gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{82,240}")
+_GITLAB = _token("gitlab_token", "glpat-", "[A-Za-z0-9_.-]", 6 + 300 + 10, 6, ("glpat-",), _body_check,
+                 pattern=rf"glpat-(?P<body>{_URLSAFE}{{20,300}})(?:\.[0-9a-z]{{9}})?")
+_NPM = _token("npm_token", "npm_", "[A-Za-z0-9]", 255, 4, ("npm_",), pattern=r"npm_[A-Za-z0-9]{36,251}")
+
+# Messaging, payments, mail. An incoming-webhook URL is a credential by itself: whoever has it
+# can post to the channel. Webhook signing secrets: Stripe's are letters and digits; Svix (which
+# many webhook senders use) issues the same prefix on base64, so "+", "/" and padding are allowed.
 _SLACK = _token("slack_token", "xox[abeoprs]-|xapp-", "[A-Za-z0-9-]", 275, 5, ("xox", "xapp-"),
                 pattern=rf"xox[abeoprs]-\d{{1,20}}-{_ALNUM_DASH}{{8,240}}|xapp-\d{{1,3}}-{_ALNUM_DASH}{{20,240}}")
+_SLACK_WEBHOOK = _token(
+    "slack_webhook", r"hooks\.slack\.com/services/", "[A-Za-z0-9/]", 25 + 15 + 1 + 15 + 1 + 64, 25,
+    ("hooks.slack.com/services/",), _path_check,
+    pattern=r"hooks\.slack\.com/services/(?P<v>T[A-Z0-9]{6,14}/B[A-Z0-9]{6,14}/[A-Za-z0-9]{20,64})")
 _STRIPE = _token("stripe_key", "[rs]k_(?:live|test)_", "[0-9A-Za-z]", 255, 8, ("k_live_", "k_test_"),
                  pattern=r"[rs]k_(?:live|test)_[0-9A-Za-z]{20,247}")  # secret and restricted keys, not pk_
+_STRIPE_WEBHOOK = _token("stripe_webhook_secret", "whsec_", "[A-Za-z0-9+/=]", 248, 6, ("whsec_",),
+                         pattern=r"whsec_[A-Za-z0-9+/]{32,240}={0,2}")
+_SENDGRID = _token("sendgrid_key", r"SG\.", "[A-Za-z0-9_.-]", 3 + 22 + 1 + 43 + 9, 3, ("SG.",),
+                   pattern=rf"SG\.{_URLSAFE}{{22}}\.{_URLSAFE}{{43}}")
+
+# Cloud.
 _AWS = Detector("aws_access_key_id", re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}(?![A-Za-z0-9])"),
                 21, ("AKIA", "ASIA", "ABIA", "ACCA"))
 _GOOGLE = Detector("google_api_key", re.compile(rf"(?<![A-Za-z0-9])AIza{_URLSAFE}{{35}}"), 48, ("AIza",))
+
+# Issued by anyone: signed tokens and private keys.
 _JWT = Detector("jwt", re.compile(rf"(?<![A-Za-z0-9])eyJ{_URLSAFE}{{8,1024}}"  # header: base64url of '{"'
                                   rf"\.{_URLSAFE}{{2,8192}}\.{_URLSAFE}{{16,1024}}"),
                 10_254, ("eyJ",), opener=re.compile("eyJ"), opener_len=3,
@@ -169,28 +233,81 @@ _PEM = Detector("private_key", re.compile(rf"{_PEM_BLOCK}|{_PEM_HEADER}[\s\S]{{0
 
 _BEARER_RUN = "[A-Za-z0-9._~+/=-]"
 _BEARER_OPENER = "[Bb]earer|BEARER"
+
+
+def _scheme_closed(opener: str) -> re.Pattern[str]:
+    """An authorization scheme's value has visibly ended: after the spaces (all of them) either
+    no value begins, or the value's characters (all of them) are followed by any other one, a
+    space included. Possessive, so that a space cannot be read as the end of a value not begun."""
+    run = _BEARER_RUN
+    return re.compile(rf"(?:{opener})(?:[^ \t]|[ \t]++(?:[^ \t{run[1:-1]}]|{run}++[^{run[1:-1]}]))")
+
+
 _BEARER = Detector(
     "bearer_token",
     re.compile(rf"(?<![A-Za-z0-9_])(?:{_BEARER_OPENER})[ \t]{{1,16}}(?P<v>{_BEARER_CHAR}{{16,4096}})"),
     6 + 16 + 4096 + 9,
     ("earer", "EARER"),
     opener=re.compile(_BEARER_OPENER),
-    closed=re.compile(rf"(?:{_BEARER_OPENER})(?:[^ \t]|[ \t]+{_BEARER_RUN}*[^ \t{_BEARER_RUN[1:-1]}])"),
+    closed=_scheme_closed(_BEARER_OPENER),
     opener_len=6,
 )
 
 
-def _bearer_check(others: tuple[re.Pattern[str], ...]) -> Check:
+def _bearer_check(others: tuple[Detector, ...]) -> Check:
     """A bearer token is one with a digit in it (prose says "Bearer authentication"); when the
-    token is itself a key another active detector names, that detector reports it instead."""
+    token is itself a key another active detector reports whole, that detector reports it instead.
+    Only if it reports it: "Bearer sk-" + 48 characters without "T3BlbkFJ" is still a bearer token."""
 
     def check(m: re.Match[str]) -> Span | None:
         token = m.group("v")
-        if not any(c.isdigit() for c in token) or any(p.fullmatch(token) for p in others):
+        if not any(c.isdigit() for c in token) or any(_reports_whole(d, token) for d in others):
             return None
         return m.span("v")
 
     return check
+
+
+def _reports_whole(det: Detector, token: str) -> bool:
+    """Whether `det`, given `token` alone, reports all of it."""
+    m = det.pattern.fullmatch(token)
+    return m is not None and (det.check is None or det.check(m) == m.span())
+
+
+# The Basic scheme sends base64("user:password"): the check decodes it, which tells a credential
+# from prose ("Basic authentication") and from a challenge ('WWW-Authenticate: Basic realm="api"').
+# The value must end where a header value ends (a space, a quote, punctuation, the end), not run
+# on into a longer token: a JWT's header ("eyJhbGciOi...") also decodes to text with a colon, and
+# its payload must not be left behind. No finding starts with such an ending, and "[" (where a
+# redacted secret glued to the value begins) is none, so redacting again gives the same verdict.
+_BASIC_OPENER = "[Bb]asic|BASIC"
+_BASIC_MAX = 1024
+_B64 = "[A-Za-z0-9+/]"  # in groups of four, the last one padded: most words fail the pattern itself
+_VALUE_END = r"""[\s"'`,;:!?)\]}>|\\]"""
+_BASIC_END = rf"(?={_VALUE_END}|\.(?:{_VALUE_END}|\Z)|\Z)"
+
+
+def _basic_check(m: re.Match[str]) -> Span | None:
+    """The value decodes (strict base64, padded: "a:" is "YTo=") to printable text with a colon."""
+    value = m.group("v")
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return m.span("v") if ":" in decoded and decoded.isprintable() else None
+
+
+_BASIC = Detector(
+    "basic_auth",
+    re.compile(rf"(?<![A-Za-z0-9_])(?:{_BASIC_OPENER})[ \t]{{1,16}}(?P<v>(?:{_B64}{{4}}){{0,{_BASIC_MAX // 4 - 1}}}"
+               rf"(?:{_B64}{{4}}|{_B64}{{3}}=|{_B64}{{2}}==)){_BASIC_END}"),
+    5 + 16 + _BASIC_MAX + 2,
+    ("asic", "ASIC"),
+    check=_basic_check,
+    opener=re.compile(_BASIC_OPENER),  # held like a bearer token, until the value has visibly ended
+    closed=_scheme_closed(_BASIC_OPENER),
+    opener_len=5,
+)
 
 
 # --- personal data ----------------------------------------------------------------------------
@@ -305,7 +422,8 @@ _PHONE = Detector("phone", _PHONE_PATTERN, 2 + 1 + 15 + 14 * 2 + 1, needs_digits
                   check=_phone_check(DEFAULT_PHONE_REGIONS, Leniency.VALID))
 
 DETECTORS: tuple[Detector, ...] = (
-    _PEM, _JWT, _OPENAI, _ANTHROPIC, _AWS, _GITHUB, _SLACK, _GOOGLE, _STRIPE, _BEARER, _EMAIL, _CARD, _IBAN, _PHONE,
+    _PEM, _JWT, _OPENAI, _ANTHROPIC, _OPENROUTER, _GROQ, _XAI, _HUGGINGFACE, _AWS, _GITHUB, _GITLAB, _NPM, _SLACK,
+    _SLACK_WEBHOOK, _GOOGLE, _STRIPE, _STRIPE_WEBHOOK, _SENDGRID, _BEARER, _BASIC, _EMAIL, _CARD, _IBAN, _PHONE,
 )
 """Every detector, in the order that settles ties (a match starting first always wins)."""
 KINDS: tuple[str, ...] = tuple(d.kind for d in DETECTORS)
@@ -642,7 +760,7 @@ def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str]:
 def _build(kinds: frozenset[str], regions: tuple[str | None, ...], leniency: int) -> tuple[Detector, ...]:
     """The chosen detectors, in priority order, with the checks that depend on the options."""
     chosen = [d for d in DETECTORS if d.kind in kinds]
-    others = tuple(d.pattern for d in chosen if d.kind in CREDENTIAL_KINDS - {"bearer_token", "private_key"})
+    others = tuple(d for d in chosen if d.kind in CREDENTIAL_KINDS - {"bearer_token", "basic_auth", "private_key"})
     built = []
     for d in chosen:
         if d.kind == "bearer_token":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import string
@@ -28,10 +29,14 @@ from course_lib.redaction import (
     redact,
     redact_then_truncate,
 )
+from course_lib.sim import planted_for
 
 PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 URLSAFE = string.ascii_letters + string.digits + "_-"
 ALNUM = string.ascii_letters + string.digits
+HEX = "0123456789abcdef"
+NEW_CREDENTIAL_KINDS = ("huggingface_token", "gitlab_token", "openrouter_key", "groq_key", "xai_key", "npm_token",
+                        "sendgrid_key", "stripe_webhook_secret", "slack_webhook", "basic_auth")
 
 
 # --- the labelled corpus ------------------------------------------------------------------------
@@ -81,6 +86,18 @@ def test_corpus_is_large_and_well_formed() -> None:
     assert {s["kind"] for item in CORPUS for s in item["spans"]} == set(KINDS)
 
 
+def test_the_new_credential_kinds_are_credentials_with_their_own_corpus_spans() -> None:
+    assert set(NEW_CREDENTIAL_KINDS) <= CREDENTIAL_KINDS
+    assert CREDENTIAL_KINDS == set(KINDS) - {"email", "card", "iban", "phone"} and len(CREDENTIAL_KINDS) == 20
+    for kind in NEW_CREDENTIAL_KINDS:
+        assert SCORES[kind][2] >= 5 and FLOORS[kind] == (0.98, 1.0)
+    look_alikes = [item["text"] for item in CORPUS if not item["spans"]]
+    for text in ("from huggingface_hub import hf_hub_download, snapshot_download",
+                 "CSS class sk-proj-header-navigation-item-active-selected-state-x",
+                 'WWW-Authenticate: Basic realm="Restricted area", charset="UTF-8"'):
+        assert text in look_alikes and find(text) == []
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_precision_and_recall_on_the_corpus(kind: str) -> None:
     precision, recall, n = SCORES[kind]
@@ -116,6 +133,36 @@ KEY_164 = "sk-proj-" + "Ab3d_-9Zx" * 17 + "T3BlbkFJ" + "q" * 3
     # a match that ran on into its neighbour gives the rest back: every detector restarts at a finding's end
     ("cards 4111 1111 1111 1111 5555-5555-5555-4444", ["card", "card"]),
     ("tel 415 555 0132 4111 1111 1111 1111", ["phone", "card"]),
+    # current formats of other providers, and what only looks like them
+    ("HF_TOKEN=hf_" + "aB3dEfGh1J" * 3 + "kLmN", ["huggingface_token"]),
+    ("from huggingface_hub import hf_hub_download", []),
+    ("glpat-" + "x7_Kq-2mZp" * 2, ["gitlab_token"]),  # classic: 20 characters
+    ("glpat-" + "x7_Kq-2mZp" * 4 + ".01" + "0a1b2c3", ["gitlab_token"]),  # routable: payload, dot, 9 characters
+    ("glpat-" + "x" * 20, []),  # the documentation's placeholder: one kind of character is not random
+    ("Put glpat-your-personal-access-token in CI variables", []),
+    ("sk-or-v1-" + "0123456789abcdef" * 4, ["openrouter_key"]),
+    ("OpenRouter keys begin with sk-or-v1 and 64 hex digits", []),
+    ("GROQ_API_KEY=gsk_" + "Wd8kLq2Zr5" * 5 + "Ab", ["groq_key"]),
+    ("Loaded gsk_config from ./groq/gsk_config.yaml", []),
+    ("xai-" + "Qz7Lm2Kp9R" * 8, ["xai_key"]),
+    ("pip install xai-sdk", []),
+    ("//registry.npmjs.org/:_authToken=npm_" + "Tg5Hj8Kl2Q" * 3 + "a1B2c3", ["npm_token"]),
+    ("npm_config_cache=/tmp/.npm npm ci", []),
+    ("SG." + "Ab1-Cd2_Ef" * 2 + "Gh" + "." + "Ij3-Kl4_Mn" * 4 + "Opq", ["sendgrid_key"]),
+    ("See SG.section.title in the style guide", []),
+    ("whsec_" + "Vb6Nm1Qw3E" * 3 + "Rt", ["stripe_webhook_secret"]),
+    ("whsec_" + base64.b64encode(bytes(range(24))).decode(), ["stripe_webhook_secret"]),  # Svix: base64
+    ("The whsec_ prefix; fixtures use whsec_test_secret", []),
+    ("https://hooks.slack.com/services/T0A1B2C3D/B0E1F2G3H4I/" + "Xy7Zw3Vu5T" * 2 + "sR9q", ["slack_webhook"]),
+    ("POST to https://hooks.slack.com/services/T.../B.../... (keep it secret)", []),
+    ("Authorization: Basic " + base64.b64encode(b"admin:s3cret!").decode(), ["basic_auth"]),
+    ('WWW-Authenticate: Basic realm="api"', []),
+    ("HTTP Basic authentication is base64, not encryption", []),
+    ("basic Zm9vYmFy decodes to foobar: no colon, no credential", []),
+    # a Basic value must end where a header value ends: a JWT after "Basic" is a JWT, all of it
+    ("Authorization: Basic eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ",
+     ["jwt"]),
+    ("Authorization: Basic YWRtaW46czNjcmV0IQ==.", ["basic_auth"]),  # the end of a sentence is fine
 ])
 def test_named_formats(text: str, kinds: list[str]) -> None:
     assert [f.kind for f in find(text)] == kinds
@@ -129,10 +176,47 @@ def test_findings_are_sorted_and_do_not_overlap() -> None:
     assert findings[1] == Finding("openai_key", text.index("sk-proj-"), text.index("sk-proj-") + len(KEY_164))
 
 
+def test_an_openai_key_needs_a_random_body_not_just_the_prefix() -> None:
+    """The false positive: a CSS class after "sk-proj-". Every planted key of the simulator, every
+    current key of the corpus and a key cut after 40 characters of its body are still found."""
+    assert redact("CSS class sk-proj-header-navigation-item-active-selected-state-x") == (
+        "CSS class sk-proj-header-navigation-item-active-selected-state-x")
+    assert find("sk-admin-" + "small-letters-and-hyphens-only-" * 2) == []  # one kind of character
+    assert find("sk-admin-" + "SMALL-LETTERS-AND-HYPHENS-ONLY-" * 2) == []
+    assert [f.kind for f in find("sk-admin-" + "small-letters-and-hyphens-only-" * 2 + "7")] == ["openai_key"]
+    for seed in range(201):
+        key = planted_for(seed).key
+        assert find(f"key {key} end") == [Finding("openai_key", 4, 4 + len(key))], seed
+    assert [f.kind for f in find(KEY_164[:8 + 40])] == ["openai_key"]
+    assert find(KEY_164[:8 + 39]) == []
+
+
+def test_the_marker_and_the_random_body_agree_on_the_corpus() -> None:
+    """Every labelled current-format key carries "T3BlbkFJ", and the body check accepts all of them."""
+    keys = [s["value"] for item in CORPUS for s in item["spans"] if s["kind"] == "openai_key"
+            and s["value"].startswith(("sk-proj-", "sk-svcacct-", "sk-admin-"))]
+    assert len(keys) >= 10 and all("T3BlbkFJ" in key for key in keys)
+    assert all(find(key) == [Finding("openai_key", 0, len(key))] for key in keys)
+
+
 def test_a_bearer_token_that_is_a_known_key_is_reported_as_that_key() -> None:
     assert redact(f"Authorization: Bearer {KEY_164}") == "Authorization: Bearer [REDACTED:openai_key]"
     only_bearer = f"Authorization: Bearer {KEY_164}"
     assert redact(only_bearer, kinds=["bearer_token"]) == "Authorization: Bearer [REDACTED:bearer_token]"
+    groq = "gsk_" + "Wd8kLq2Zr5" * 5 + "Ab"
+    assert redact(f"Authorization: Bearer {groq}") == "Authorization: Bearer [REDACTED:groq_key]"
+    # a token the other detector would turn away stays a bearer token instead of slipping through
+    not_openai = "sk-" + "a1B2" * 12  # the legacy shape without "T3BlbkFJ"
+    assert redact(f"Authorization: Bearer {not_openai}") == "Authorization: Bearer [REDACTED:bearer_token]"
+
+
+def test_header_and_url_credentials_keep_their_scheme_and_host() -> None:
+    basic = base64.b64encode(b"svc-backup:Q9v!x7mZ").decode()
+    assert redact(f"curl -H 'Authorization: Basic {basic}' https://api.example.com") == (
+        "curl -H 'Authorization: Basic [REDACTED:basic_auth]' https://api.example.com")
+    hook = "https://hooks.slack.com/services/T0A1B2C3D/B0E1F2G3H4I/" + "Xy7Zw3Vu5T" * 2 + "sR9q"
+    assert redact(f"SLACK_WEBHOOK_URL={hook}\n") == (
+        "SLACK_WEBHOOK_URL=https://hooks.slack.com/services/[REDACTED:slack_webhook]\n")
 
 
 def test_phone_regions_add_national_formats() -> None:
@@ -168,12 +252,44 @@ SECRETS: dict[str, st.SearchStrategy[str]] = {
                              + "\n-----END RSA PRIVATE KEY-----",
                              st.lists(token(ALNUM + "+/", 64), min_size=1, max_size=6)),
     "bearer_token": st.builds(lambda a, d: f"Bearer {a}{d}", token(ALNUM + "._~+/", 30), token(string.digits, 4)),
+    "huggingface_token": st.builds(lambda a: "hf_" + a, token(ALNUM, 34)),
+    # a random body mixes kinds of characters (a capital and a digit at least), as the detector requires
+    "gitlab_token": st.one_of(
+        st.builds(lambda a, b: f"glpat-{a}Q{b}7", token(URLSAFE, 9), token(URLSAFE, 9)),
+        st.builds(lambda a, n, crc: f"glpat-{a}Z9.{n}{crc}", st.text(URLSAFE, min_size=25, max_size=60),
+                  token(string.digits, 2), token(string.ascii_lowercase + string.digits, 7))),
+    "openrouter_key": st.builds(lambda a: "sk-or-v1-" + a, token(HEX, 64)),
+    "groq_key": st.builds(lambda a: "gsk_" + a, token(ALNUM, 52)),
+    "xai_key": st.builds(lambda a: "xai-" + a, token(ALNUM, 80)),
+    "npm_token": st.builds(lambda a: "npm_" + a, token(ALNUM, 36)),
+    "sendgrid_key": st.builds(lambda a, b: f"SG.{a}.{b}", token(URLSAFE, 22), token(URLSAFE, 43)),
+    "stripe_webhook_secret": st.one_of(
+        st.builds(lambda a: "whsec_" + a, st.text(ALNUM, min_size=32, max_size=64)),
+        st.builds(lambda b: "whsec_" + base64.b64encode(b).decode(), st.binary(min_size=24, max_size=24))),
+    "slack_webhook": st.builds(lambda t, b, a: f"https://hooks.slack.com/services/T{t}/B{b}/{a}",
+                               token(string.ascii_uppercase + string.digits, 8),
+                               token(string.ascii_uppercase + string.digits, 10), token(ALNUM, 24)),
+    "basic_auth": st.builds(lambda user, password: "Authorization: Basic "
+                            + base64.b64encode(f"{user}:{password}".encode()).decode(),
+                            st.text(ALNUM + "._-@", min_size=1, max_size=16),
+                            st.text(string.printable[:95], max_size=24)),  # printable ASCII, the space included
 }
 assert set(SECRETS) == CREDENTIAL_KINDS
+SCHEMES = ("Bearer ", "Authorization: Basic ", "https://hooks.slack.com/services/")
+
+
+def secret_part(planted: str) -> str:
+    """What must not survive: a header's scheme and a webhook's host may."""
+    for scheme in SCHEMES:
+        if planted.startswith(scheme):
+            return planted.removeprefix(scheme)
+    return planted
 
 # Surrounding text: words and separators that cannot extend a token, with look-alike fragments.
 WORDS = st.sampled_from(["the", "key", "is", "Bearer", "sk-", "sk-learn", "eyJ", "@", "order", "4111", "2026-05-17",
-                         "+1", "(415)", "IBAN", "GB82", "token:", "AKIA", "-----BEGIN", "x", "42", "a.b", "ok."])
+                         "+1", "(415)", "IBAN", "GB82", "token:", "AKIA", "-----BEGIN", "x", "42", "a.b", "ok.",
+                         "Basic", "basic realm=x", "hf_hub", "glpat-", "sk-or-v1", "gsk_config", "xai-sdk",
+                         "npm_config_cache", "SG.", "whsec_", "hooks.slack.com/services/", "Zm9vYmFy"])
 SEPARATORS = st.sampled_from([" ", "\n", ", ", "; ", " | ", " = "])
 
 
@@ -186,7 +302,7 @@ def planted(draw: st.DrawFn, kinds: tuple[str, ...] = tuple(sorted(SECRETS))) ->
     at = draw(st.integers(0, len(words)))
     before = "".join(w + s for w, s in words[:at])
     after = "".join(s + w for w, s in words[at:])
-    return before + secret + after, secret.removeprefix("Bearer ")
+    return before + secret + after, secret_part(secret)
 
 
 def chunked(text: str, cuts: list[int]) -> list[str]:
@@ -213,6 +329,16 @@ def test_a_planted_secret_never_survives_a_stream_however_chunked(case: tuple[st
     out = stream(text, cuts)
     assert secret not in out
     assert out == redact(text)
+
+
+@PROPERTY
+@given(planted(NEW_CREDENTIAL_KINDS), st.lists(st.integers(0, 400), max_size=30))
+def test_a_planted_secret_of_a_new_format_never_survives_however_chunked(case: tuple[str, str],
+                                                                        cuts: list[int]) -> None:
+    text, secret = case
+    whole = redact(text)
+    assert secret not in whole
+    assert stream(text, cuts) == whole
 
 
 MIXED = st.lists(st.one_of(WORDS, SEPARATORS, *SECRETS.values(), st.sampled_from([
