@@ -23,6 +23,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+import redis.asyncio
 
 REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
 EXECUTED = Path(__file__).resolve().parents[1] / "build" / "executed"
@@ -110,3 +111,13 @@ def executed_notebook() -> Callable[[Path], dict[str, Any]]:
         return notebook  # type: ignore[no-any-return]
 
     return get
+
+
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def async_redis_factory(request: pytest.FixtureRequest):
+    """Makes a redis.asyncio client inside the running event loop (clients belong to one loop)."""
+    if request.param == "fakeredis":
+        server = fakeredis.FakeServer()
+        return lambda: fakeredis.FakeAsyncRedis(server=server)
+    url = request.getfixturevalue("redis_server_url")
+    return lambda: redis.asyncio.Redis.from_url(url)

@@ -217,16 +217,6 @@ async def replay_async(breaker: CircuitBreaker, clock: VirtualClock, steps: list
     return seen
 
 
-@pytest.fixture(params=["fakeredis", "redis-server"])
-def async_redis_factory(request: pytest.FixtureRequest):
-    """Makes a redis.asyncio client inside the running event loop (clients belong to one loop)."""
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        return lambda: fakeredis.FakeAsyncRedis(server=server)
-    url = request.getfixturevalue("redis_server_url")
-    return lambda: redis.asyncio.Redis.from_url(url)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(policy=policies, steps=operations)
 def test_async_redis_state_decides_exactly_like_local_state(async_redis_factory, policy: BreakerPolicy, steps: list[tuple]) -> None:

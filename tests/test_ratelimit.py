@@ -223,16 +223,6 @@ def test_a_real_server_stopped_mid_run_switches_to_the_policy() -> None:
 
 
 # --- the async limiter (redis.asyncio) ---------------------------------------------------------
-@pytest.fixture(params=["fakeredis", "redis-server"])
-def async_redis_factory(request: pytest.FixtureRequest):
-    """Makes a redis.asyncio client inside the running event loop (clients belong to one loop)."""
-    if request.param == "fakeredis":
-        server = fakeredis.FakeServer()
-        return lambda: fakeredis.FakeAsyncRedis(server=server)
-    url = request.getfixturevalue("redis_server_url")
-    return lambda: redis.asyncio.Redis.from_url(url)
-
-
 @both
 async def test_async_limiter_is_exact_and_charges_cost(async_redis_factory, algorithm: str) -> None:
     client = async_redis_factory()
@@ -279,3 +269,41 @@ def test_soak_four_processes_never_admit_over_the_limit() -> None:
     assert log["max_in_any_window"] == report["limit"]  # contended enough to fill windows
     assert gcra["bound_violations"] == 0
     assert report["limit"] <= gcra["max_in_any_window"] < 2 * report["limit"]
+
+
+@both
+def test_time_source_clock_decides_on_the_virtual_clock(redis_client: redis.Redis, algorithm: str) -> None:
+    clock = VirtualClock()
+    limiter = RateLimiter(redis_client, limit=3, window=10, algorithm=algorithm, name=next(names), clock=clock,
+                          time_source="clock")
+    assert [limiter.hit("u").allowed for _ in range(4)] == [True, True, True, False]
+    refused = limiter.hit("u")
+    assert refused.time == clock.wall() and refused.retry_after == (10 if algorithm == "sliding-log" else 4)
+    clock.sleep(10)  # virtual: Redis's own TIME has hardly moved, the decisions follow the clock
+    assert limiter.hit("u").allowed and limiter.hit("u").time == clock.wall()
+
+
+def test_time_source_clock_shows_why_production_keeps_redis_time(redis_client: redis.Redis) -> None:
+    ahead, behind = VirtualClock(start=2), VirtualClock()  # two app servers, clocks 2 s apart
+    servers = [RateLimiter(redis_client, limit=5, window=10, name="skew", clock=clock, time_source="clock")
+               for clock in (behind, ahead)]
+    admitted = sum(servers[0].hit("u").allowed for _ in range(5))
+    behind.sleep(8.5), ahead.sleep(8.5)  # 8.5 s later for both; the fast one thinks the window has passed
+    admitted += sum(servers[1].hit("u").allowed for _ in range(5))
+    assert admitted == 10  # twice the limit within 8.5 s
+    shared = [RateLimiter(redis_client, limit=5, window=10, name="one-clock", clock=behind) for _ in range(2)]
+    assert sum(s.hit("u").allowed for s in shared for _ in range(5)) == 5  # Redis TIME: one clock
+
+
+def test_time_source_is_checked() -> None:
+    with pytest.raises(ValueError, match="time_source"):
+        RateLimiter(fakeredis.FakeRedis(), limit=1, window=1, time_source="app")  # type: ignore[arg-type]
+
+
+async def test_async_limiter_takes_time_from_the_clock_too() -> None:
+    clock = VirtualClock()
+    limiter = AsyncRateLimiter(fakeredis.FakeAsyncRedis(), limit=2, window=5, clock=clock, time_source="clock")
+    assert [(await limiter.hit("u")).allowed for _ in range(3)] == [True, True, False]
+    clock.sleep(5)
+    decision = await limiter.hit("u")
+    assert decision.allowed and decision.time == clock.wall()

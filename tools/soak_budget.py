@@ -15,17 +15,12 @@ Without --redis a redis-server is started on a free loopback port (persistence o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing
 import os
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,44 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from course_lib.budget import Budget, BudgetExhausted
+from local_redis import redis_server  # tools/, beside this script
 
 KEY = "soak"
 MICRO = 1_000_000
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _redis_server(url: str | None) -> Iterator[str]:
-    """The given Redis, or a throwaway redis-server on loopback."""
-    if url:
-        yield url
-        return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install -y redis-server), or pass --redis URL")
-    port = _free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(200):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.02)
-        else:
-            raise SystemExit("redis-server did not answer PING within 4 s")
-        client.close()
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def _worker(index: int, args: argparse.Namespace, url: str, die_at: int, settled: object, counts: object) -> None:
@@ -155,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                               ("--kill", args.kill, 0), ("--max-cost-micros", args.max_cost_micros, 1_000)):
         if value < low:
             parser.error(f"{field} must be >= {low}, got {value}")
-    with _redis_server(args.redis) as url:
+    with redis_server(args.redis) as url:
         result = soak(args, url)
     print(json.dumps(result))
     return 0 if result["ok"] else 1

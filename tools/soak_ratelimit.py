@@ -22,9 +22,6 @@ import bisect
 import json
 import multiprocessing
 import random
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 
 from course_lib.ratelimit import RateLimiter
+from local_redis import redis_server  # tools/, beside this script
 
 Record = tuple[int, bool, int]  # (Redis time in microseconds, allowed, cost)
 
@@ -97,29 +95,6 @@ def check_gcra(records: list[Record], limit: int, window_us: int) -> dict[str, A
             "max_in_any_window": most, "window_error": round(most / limit - 1, 3)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install -y redis-server), or pass --redis URL")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_timeout=1)
-    for _ in range(200):
-        try:
-            client.ping()
-            return process, url
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    process.terminate()
-    raise SystemExit("redis-server did not answer PING within 4 s")
 
 
 def main() -> int:
@@ -135,8 +110,7 @@ def main() -> int:
     if args.requests < 1 or args.processes < 1:
         parser.error("--requests and --processes must be >= 1")
 
-    server, url = (None, args.redis) if args.redis else start_server()
-    try:
+    with redis_server(args.redis) as url:
         run = f"{time.time_ns()}"
         share, extra = divmod(args.requests, args.processes)
         start_at = time.time() + 0.5
@@ -146,10 +120,6 @@ def main() -> int:
         with multiprocessing.get_context("fork").Pool(args.processes) as pool:
             results = pool.starmap(worker, jobs)
         seconds = time.perf_counter() - started - 0.5
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
 
     window_us = round(args.window * 1_000_000)
     log = check_sliding_log([r for result in results for r in result["sliding-log"]], args.limit, window_us)

@@ -245,13 +245,7 @@ def _check_json_schema(spec: Any) -> None:
     if not isinstance(spec, dict):
         raise _wrong_type(where, "an object", spec)
     _only(spec, {"name", "description", "schema", "strict"}, where)
-    name = spec.get("name")
-    if name is None:
-        raise _missing(f"{where}.name")
-    if not isinstance(name, str):
-        raise _wrong_type(f"{where}.name", "a string", name)
-    if not _SCHEMA_NAME.fullmatch(name):
-        raise _refuse(f"{where}.name", f"{name[:80]!r} must be 1 to 64 characters from a-z, A-Z, 0-9, '_' and '-'.")
+    name = _function_name(spec.get("name"), where)
     for field, expected, kind in (("description", "a string", str), ("strict", "a boolean", bool)):
         if spec.get(field) is not None and not isinstance(spec[field], kind):
             raise _wrong_type(f"{where}.{field}", expected, spec[field])
