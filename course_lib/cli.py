@@ -1,11 +1,13 @@
 """The `course-lib` command.
 
     course-lib sim serve --port 8000 [--plan plan.json] [--seed 7]
+    course-lib serve [--host 127.0.0.1] [--port 8080] [--workers N] [--redis URL] [--provider URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .sim.faults import FaultPlan, FaultPlanError
@@ -37,6 +39,45 @@ def _sim_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """The agent service under uvicorn. Flags override the COURSE_LIB_* variables; each worker
+    builds the app from the environment (`app_from_env`), so the settings are checked here first."""
+    from .service.settings import Settings, SettingsError
+
+    if args.workers < 1:
+        print(f"course-lib: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    for flag, variable in ((args.redis, "COURSE_LIB_REDIS_URL"), (args.provider, "COURSE_LIB_PROVIDER_URL")):
+        if flag:
+            os.environ[variable] = flag
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"course-lib: {error}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not settings.redis_url:
+        print(f"course-lib: --workers {args.workers} needs a shared Redis: set COURSE_LIB_REDIS_URL or pass --redis "
+              "redis://HOST:PORT (the embedded fakeredis lives inside one process, so each worker would keep its own "
+              "limits and budgets)", file=sys.stderr)
+        return 2
+    if not settings.api_keys:
+        print("course-lib: warning: no API keys configured (COURSE_LIB_API_KEYS or COURSE_LIB_API_KEYS_FILE); "
+              "every request will get a 401", file=sys.stderr)
+    if args.workers > 1 and not settings.provider_url:
+        print("course-lib: note: no provider URL, so each worker runs its own in-process simulator (fault plans and "
+              "provider quotas are then per worker); pass --provider with `course-lib sim serve`'s URL to share one",
+              file=sys.stderr)
+    import uvicorn
+
+    store = settings.redis_url or "embedded fakeredis"
+    provider = settings.provider_url or "in-process simulator"
+    print(f"agent service on http://{args.host}:{args.port} ({args.workers} worker(s), store: {store}, "
+          f"provider: {provider})", flush=True)
+    uvicorn.run("course_lib.service.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course-lib", description="Tools for the LLM production-hardening workbook.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim_serve.add_argument("--seed", type=int, default=None, help="overrides the plan's seed")
     sim_serve.add_argument("--verbose", action="store_true", help="log every request to stderr")
     sim_serve.set_defaults(run=_sim_serve)
+
+    serve_cmd = commands.add_parser("serve", help="run the agent service (uvicorn); settings from COURSE_LIB_* "
+                                                  "variables")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8080)
+    serve_cmd.add_argument("--workers", type=int, default=1, help="more than 1 needs --redis (or COURSE_LIB_REDIS_URL)")
+    serve_cmd.add_argument("--redis", help="redis://... shared by every worker (default: embedded fakeredis, 1 worker)")
+    serve_cmd.add_argument("--provider", help="an OpenAI-compatible base URL, e.g. `course-lib sim serve`'s .../v1 "
+                                              "(default: the in-process simulator)")
+    serve_cmd.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    serve_cmd.set_defaults(run=_serve)
     return parser
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.resources import files
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from ._wrapping import check as check_config
 from ._wrapping import is_async_callable
@@ -482,8 +482,10 @@ class Screening:
         client), calls the others' `check`."""
         verdicts = []
         for screen in self.screens:
-            awaitable = getattr(screen, "is_async", hasattr(screen, "acheck"))
-            verdicts.append(await screen.acheck(text) if awaitable else screen.check(text))
+            if getattr(screen, "is_async", hasattr(screen, "acheck")):
+                verdicts.append(await cast(AsyncScreen, screen).acheck(text))
+            else:
+                verdicts.append(cast(Screen, screen).check(text))
             if self._record(verdicts[-1]):
                 break
         return ScreeningResult(tuple(verdicts))

@@ -628,7 +628,7 @@ def replies(seeds: range) -> list[tuple[str, int, str]]:
 
 def test_replies_read_like_a_support_assistant() -> None:
     found = replies(range(30))
-    for question, _, text in found:
+    for _, _, text in found:
         words = text.split()
         assert 12 <= len(words) <= 60, text
         assert not any(words[i].lower() == words[i + 1].lower() == words[i + 2].lower() for i in range(len(words) - 2))
