@@ -9,7 +9,9 @@ In an async service use `AsyncRateLimiter` with a `redis.asyncio` client (`await
 a synchronous client blocks the event loop for every decision.
 
 Each decision is ONE Lua script, so concurrent servers cannot interleave half-way, and it reads
-the time from Redis (`TIME`): the app servers' clocks differ, Redis's is one. Two algorithms:
+the time from Redis (`TIME`): the app servers' clocks differ, Redis's is one. (`time_source="clock"`
+passes `clock.wall()` to the script instead: for notebooks and tests on a virtual clock; in
+production keep Redis time, because app servers' clocks differ.) Two algorithms:
 
 - "sliding-log" (exact): a sorted set of admitted requests scored by their time in microseconds.
   A request is admitted when fewer than `limit` (minus its cost) were admitted in the last
@@ -75,7 +77,7 @@ from .breaker_redis import _with_timeout
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, LimitChecked, StoreFallback
 
-__all__ = ["ALGORITHMS", "POLICIES", "AsyncRateLimiter", "Decision", "RateLimiter", "ahit_all", "hit_all"]
+__all__ = ["ALGORITHMS", "POLICIES", "TIME_SOURCES", "AsyncRateLimiter", "Decision", "RateLimiter", "ahit_all", "hit_all"]
 
 log = logging.getLogger("course_lib.ratelimit")
 
@@ -83,12 +85,17 @@ ALGORITHMS = ("sliding-log", "gcra")
 POLICIES = ("open", "closed", "local")
 Algorithm = Literal["sliding-log", "gcra"]
 Policy = Literal["open", "closed", "local"]
+TimeSource = Literal["redis", "clock"]
+TIME_SOURCES = ("redis", "clock")
 
-# Both scripts: KEYS as documented above; ARGV: limit, window (us), cost.
+# Both scripts: KEYS as documented above; ARGV: limit, window (us), cost[, now (us) when time_source="clock"].
 # They return {allowed, used, reset_us, retry_us, now_us, first_seq}; times in whole microseconds.
 _NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = tonumber(ARGV[4])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = math.ceil(window / 1000) + 1000
 local stamp = string.format('%.0f', now)  -- tostring() would print 14 digits and lose microseconds
@@ -216,7 +223,8 @@ class _Limiter:
 
     def __init__(self, client: Any, *, limit: int, window: float, algorithm: str, name: str,
                  on_event: Callable[[Event], None] | None, clock: Clock, on_redis_error: str,
-                 local_limit: int | None, timeout: float | None, store_retry_seconds: float) -> None:
+                 local_limit: int | None, timeout: float | None, store_retry_seconds: float,
+                 time_source: str = "redis") -> None:
         check(isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= 10_000_000, "limit",
               "an integer from 1 to 10,000,000", limit)
         check(isinstance(window, (int, float)) and math.isfinite(window) and 0.001 <= window <= 31_536_000,
@@ -225,6 +233,7 @@ class _Limiter:
         check(isinstance(name, str) and 0 < len(name) <= 100 and '"' not in name and "{" not in name
               and "}" not in name, "name", "1-100 characters without quotes or braces", name)
         check(on_redis_error in POLICIES, "on_redis_error", f"one of {POLICIES}", on_redis_error)
+        check(time_source in TIME_SOURCES, "time_source", f"one of {TIME_SOURCES}", time_source)
         if on_redis_error == "local":
             check(isinstance(local_limit, int) and not isinstance(local_limit, bool) and local_limit >= 1,
                   "local_limit", "an integer >= 1 when on_redis_error is 'local'", local_limit)
@@ -234,6 +243,7 @@ class _Limiter:
         self.limit, self.window, self.algorithm, self.name = limit, float(window), algorithm, name
         self.on_event, self.clock, self.on_redis_error = on_event, clock, on_redis_error
         self.local_limit, self.timeout, self.store_retry_seconds = local_limit, timeout, store_retry_seconds
+        self.time_source = time_source
         self._window_us = round(self.window * 1_000_000)
         self._local = _LocalLog(local_limit or limit, self.window)
         self._retry_at: float | None = None  # while Redis is failing: when to ask it again (limiter's clock)
@@ -254,6 +264,8 @@ class _Limiter:
     def _args(self, cost: int) -> list[Any]:
         check(isinstance(cost, int) and not isinstance(cost, bool) and 1 <= cost <= self.limit, "cost",
               f"an integer from 1 to the limit ({self.limit})", cost)
+        if self.time_source == "clock":  # notebooks and tests on a virtual clock only
+            return [self.limit, self._window_us, cost, round(self.clock.wall() * 1_000_000)]
         return [self.limit, self._window_us, cost]
 
     def _decided(self, key: str, cost: int, result: list[Any]) -> Decision:
@@ -317,18 +329,20 @@ class RateLimiter(_Limiter):
     """A rate limiter for a synchronous `redis.Redis` client; see the module docstring.
 
     `clock` times events, the local fallback and the pause after a Redis failure, never the
-    decisions (those use Redis's `TIME`). A client whose pool cannot be copied is refused unless
+    decisions (those use Redis's `TIME`), unless `time_source="clock"`: then each decision
+    takes its time from `clock.wall()`, for notebooks and tests on a virtual clock. In
+    production keep Redis time, because app servers' clocks differ. A client whose pool cannot be copied is refused unless
     `timeout=None` (then give it short timeouts and no retries yourself)."""
 
     def __init__(self, client: redis.Redis, *, limit: int, window: float, algorithm: Algorithm = "sliding-log",
                  name: str = "default", on_event: Callable[[Event], None] | None = None, clock: Clock = SYSTEM_CLOCK,
                  on_redis_error: Policy = "open", local_limit: int | None = None, timeout: float | None = 0.25,
-                 store_retry_seconds: float = 5.0) -> None:
+                 store_retry_seconds: float = 5.0, time_source: TimeSource = "redis") -> None:
         if isinstance(client, redis.asyncio.Redis):
             raise TypeError("client must be a synchronous redis.Redis; for a redis.asyncio client use AsyncRateLimiter")
         super().__init__(client, limit=limit, window=window, algorithm=algorithm, name=name, on_event=on_event,
                          clock=clock, on_redis_error=on_redis_error, local_limit=local_limit, timeout=timeout,
-                         store_retry_seconds=store_retry_seconds)
+                         store_retry_seconds=store_retry_seconds, time_source=time_source)
 
     def _bounded(self, client: Any) -> Any:
         return client if self.timeout is None else _with_timeout(client, self.timeout)
@@ -365,12 +379,12 @@ class AsyncRateLimiter(_Limiter):
                  algorithm: Algorithm = "sliding-log", name: str = "default",
                  on_event: Callable[[Event], None] | None = None, clock: Clock = SYSTEM_CLOCK,
                  on_redis_error: Policy = "open", local_limit: int | None = None, timeout: float | None = 0.25,
-                 store_retry_seconds: float = 5.0) -> None:
+                 store_retry_seconds: float = 5.0, time_source: TimeSource = "redis") -> None:
         if not isinstance(client, redis.asyncio.Redis):
             raise TypeError("client must be a redis.asyncio.Redis; for a synchronous client use RateLimiter")
         super().__init__(client, limit=limit, window=window, algorithm=algorithm, name=name, on_event=on_event,
                          clock=clock, on_redis_error=on_redis_error, local_limit=local_limit, timeout=timeout,
-                         store_retry_seconds=store_retry_seconds)
+                         store_retry_seconds=store_retry_seconds, time_source=time_source)
 
     async def _run(self, script: Any, keys: list[str], args: list[Any], operation: str) -> Any:
         """The script's answer, or None when Redis failed or was too slow."""
