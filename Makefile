@@ -48,6 +48,7 @@ bench: $(INSTALLED)
 	$(PY) bench/bench_sim_server.py --seconds $(BENCH_SECONDS)
 	$(PY) bench/bench_redaction.py --size $(BENCH_MB)
 	$(PY) bench/bench_ratelimit.py --decisions $(BENCH_DECISIONS)
+	$(PY) bench/bench_service.py --seconds $(BENCH_SECONDS)
 
 # Many processes against one real redis-server (started on a free port): 0 admissions over a
 # rate limit in any window, 0 cents over a budget. `make soak SOAK_REQUESTS=100000` for full size.

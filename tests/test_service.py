@@ -232,6 +232,111 @@ def test_the_global_budget_is_shared_by_users() -> None:
     assert (refused.status_code, error_of(refused)["budget"]) == (429, "global")
 
 
+def cost_in_tokens(body: dict[str, Any]) -> int:
+    with client_for() as client:
+        service = client.app.state.service
+        return int(service.token_cost(service.validate(body)))
+
+
+def test_the_global_request_limit_is_shared_by_users_and_names_itself_in_the_429() -> None:
+    with client_for(global_requests_per_minute=2) as client:
+        first, second = post(client, ORDER), post(client, ORDER, key=BOB)
+        refused = post(client, ORDER)
+    assert (first.status_code, second.status_code) == (200, 200)
+    error = error_of(refused)
+    assert (refused.status_code, error["code"], error["limit_name"], error["limit"]) == \
+        (429, "rate_limited", "global-requests", 2)
+    assert "the service's limit of 2 requests per 60 s" in error["message"]
+    assert refused.headers["RateLimit-Policy"] == '"global-requests";q=2;w=60'
+    assert refused.headers["RateLimit"].startswith('"global-requests";r=0;t=')
+    assert int(refused.headers["Retry-After"]) == error["retry_after"] and 1 <= error["retry_after"] <= 60
+
+
+def test_the_per_user_token_limit_counts_prompt_plus_max_tokens() -> None:
+    body = {**ORDER, "max_tokens": 300}
+    cost = cost_in_tokens(body)
+    assert cost == cost_in_tokens(ORDER) - 512 + 300  # max_tokens counts in full, used or not
+    with client_for(user_tokens_per_minute=3 * cost + cost // 2) as client:
+        allowed = [post(client, body) for _ in range(3)]
+        refused = post(client, body)
+        other = post(client, body, key=BOB)
+    assert [r.status_code for r in allowed] == [200, 200, 200] and other.status_code == 200
+    error = error_of(refused)
+    assert (refused.status_code, error["code"], error["limit_name"]) == (429, "rate_limited", "user-tokens")
+    assert refused.headers["RateLimit-Policy"] == f'"user-tokens";q={3 * cost + cost // 2};w=60'
+    assert refused.headers["RateLimit"].startswith(f'"user-tokens";r={cost // 2};t=')
+    # GCRA frees tokens continuously: the missing half request's worth comes back in about 10 s
+    assert 1 <= int(refused.headers["Retry-After"]) <= 11
+
+
+def test_the_global_token_limit_refuses_the_next_user_with_its_own_headers() -> None:
+    cost = cost_in_tokens(ORDER)
+    with client_for(global_tokens_per_minute=2 * cost) as client:
+        assert [post(client, ORDER).status_code, post(client, ORDER).status_code] == [200, 200]
+        refused = post(client, ORDER, key=BOB)
+    assert (refused.status_code, error_of(refused)["limit_name"]) == (429, "global-tokens")
+    assert refused.headers["RateLimit-Policy"] == f'"global-tokens";q={2 * cost};w=60'
+
+
+def test_a_request_larger_than_a_token_limit_is_a_400_naming_the_field() -> None:
+    with client_for(user_tokens_per_minute=1_000) as client:
+        response = post(client, {**ORDER, "max_tokens": 1_000})
+        assert post(client, {**ORDER, "max_tokens": 900}).status_code == 200  # nothing was counted
+    error = error_of(response)
+    assert (response.status_code, error["code"], error["field"], error["limit"], error["reason"]) == \
+        (400, "input_too_long", "max_tokens", 1_000, "over_token_limit")
+    assert "over the user-tokens limit of 1,000 per minute" in error["message"]
+
+
+# --- Redis unreachable: each guard's policy -------------------------------------------------------------
+def dead_redis() -> Any:
+    """A redis.asyncio client for a loopback port nobody listens on: every call is refused at once."""
+    import redis.asyncio
+    return redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+
+
+def client_without_redis(**overrides: Any) -> TestClient:
+    options = {"api_keys": {ALICE: "alice", BOB: "bob"}, "retry_attempts": 1, **overrides}
+    return TestClient(create_app(Settings(**options), provider=SimProvider(), redis=dead_redis()),
+                      raise_server_exceptions=False)
+
+
+def timed_posts(client: TestClient, count: int) -> list[httpx2.Response]:
+    responses = []
+    for _ in range(count):
+        started = time.monotonic()
+        responses.append(post(client, ORDER))
+        assert time.monotonic() - started < 1.0  # bounded by the Redis timeout, never a hang
+    return responses
+
+
+def test_by_default_redis_down_means_a_local_limit_and_budgets_failing_closed() -> None:
+    with client_without_redis(user_requests_per_minute=6, limiter_local_fraction=0.5) as client:
+        responses = timed_posts(client, 4)
+    assert [r.status_code for r in responses] == [503, 503, 503, 429]
+    for response in responses[:3]:
+        error = error_of(response)
+        assert (error["code"], error["budget"], response.headers["Retry-After"]) == ("budget_unavailable", "user", "5")
+    error = error_of(responses[3])
+    assert (error["code"], error["decided_by"], error["limit_name"]) == ("rate_limited", "local", "user-requests")
+    assert responses[3].headers["RateLimit-Policy"] == '"user-requests";q=3;w=60'  # 6 x 0.5, in this worker
+
+
+def test_redis_down_with_both_guards_open_keeps_answering_unmetered() -> None:
+    with client_without_redis(user_requests_per_minute=2, limiter_on_redis_error="open",
+                              budget_on_redis_error="open") as client:
+        responses = timed_posts(client, 4)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert all('"shipped"' in r.json()["answer"] for r in responses)
+
+
+def test_redis_down_with_the_limiter_closed_refuses_every_request_with_429() -> None:
+    with client_without_redis(limiter_on_redis_error="closed") as client:
+        [response] = timed_posts(client, 1)
+    error = error_of(response)
+    assert (response.status_code, error["decided_by"], response.headers["Retry-After"]) == (429, "closed", "1")
+
+
 # --- streaming ---------------------------------------------------------------------------------------
 def sse(text: str) -> list[Any]:
     return [json.loads(line[6:]) if line[6:] != "[DONE]" else "[DONE]"
@@ -265,6 +370,17 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     assert dict(settings.api_keys) == {"key-a-123456": "alice", "key-b-123456": "bob"}
     assert (settings.user_requests_per_minute, settings.static_fallback, settings.fallback_model) == (7, False, None)
     assert settings.allowed_hosts == ("docs.example.com", "shop.example")
+    limits = Settings.from_env({"COURSE_LIB_GLOBAL_REQUESTS_PER_MINUTE": "90",
+                                "COURSE_LIB_USER_TOKENS_PER_MINUTE": "5000",
+                                "COURSE_LIB_GLOBAL_TOKENS_PER_MINUTE": "80000",
+                                "COURSE_LIB_LIMITER_ON_REDIS_ERROR": "Open",
+                                "COURSE_LIB_BUDGET_ON_REDIS_ERROR": "open", "COURSE_LIB_REDIS_TIMEOUT": "0.5"})
+    assert (limits.global_requests_per_minute, limits.user_tokens_per_minute, limits.global_tokens_per_minute) == \
+        (90, 5_000, 80_000)
+    assert (limits.limiter_on_redis_error, limits.budget_on_redis_error, limits.redis_timeout) == ("open", "open", 0.5)
+    defaults = Settings()
+    assert (defaults.limiter_on_redis_error, defaults.limiter_local_fraction, defaults.budget_on_redis_error) == \
+        ("local", 1.0, "closed")
     keys = tmp_path / "keys"
     keys.write_text("# users\ncarol=key-c-123456\n")
     assert dict(Settings.from_env({"COURSE_LIB_API_KEYS_FILE": str(keys)}).api_keys) == {"key-c-123456": "carol"}
@@ -283,6 +399,13 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     ({"COURSE_LIB_REDIS_URL": "localhost:6379"}, "COURSE_LIB_REDIS_URL", "redis://"),
     ({"COURSE_LIB_MODEL": "gpt-5"}, "COURSE_LIB_MODEL", "one of"),
     ({"COURSE_LIB_STATIC_FALLBACK": "maybe"}, "COURSE_LIB_STATIC_FALLBACK", "yes/no"),
+    ({"COURSE_LIB_GLOBAL_REQUESTS_PER_MINUTE": "0"}, "COURSE_LIB_GLOBAL_REQUESTS_PER_MINUTE", "from 1 to 1,000,000"),
+    ({"COURSE_LIB_USER_TOKENS_PER_MINUTE": "999"}, "COURSE_LIB_USER_TOKENS_PER_MINUTE", "from 1,000 to 10,000,000"),
+    ({"COURSE_LIB_GLOBAL_TOKENS_PER_MINUTE": "2e7"}, "COURSE_LIB_GLOBAL_TOKENS_PER_MINUTE", "whole number"),
+    ({"COURSE_LIB_LIMITER_ON_REDIS_ERROR": "retry"}, "COURSE_LIB_LIMITER_ON_REDIS_ERROR", "local, open, closed"),
+    ({"COURSE_LIB_LIMITER_LOCAL_FRACTION": "0"}, "COURSE_LIB_LIMITER_LOCAL_FRACTION", "> 0 and <= 1"),
+    ({"COURSE_LIB_BUDGET_ON_REDIS_ERROR": "local"}, "COURSE_LIB_BUDGET_ON_REDIS_ERROR", "one of closed, open"),
+    ({"COURSE_LIB_REDIS_TIMEOUT": "60"}, "COURSE_LIB_REDIS_TIMEOUT", "from 0.01 to 10 seconds"),
 ])
 def test_bad_settings_name_the_variable_and_the_limit(env: dict[str, str], variable: str, words: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -4,12 +4,15 @@ One request walks the guards in a fixed order (../shared/DESIGN.md), each refusa
 with a stable code (`errors.STATUS`):
 
     authenticate (401) -> validate input (400 invalid_request / input_too_long) -> screen (400) ->
-    rate limit per user (429 rate_limited) -> reserve budget, user and global (429 budget_exhausted)
+    rate limits on requests and tokens, per user and global (429 rate_limited)
+    -> reserve budget, user and global (429 budget_exhausted; 503 budget_unavailable without Redis)
     -> agent loop, each model call fallback(breaker(retry(call))) -> output guard
     -> settle budget with the actual usage (release it all on failure) -> respond
 
 Cheap checks come first, so a request that is refused anyway never counts against a limit or a
-budget. The body is parsed by hand (not by a pydantic parameter), so malformed JSON, a wrong type
+budget. While Redis is unreachable each guard follows its own configured policy
+(`limiter_on_redis_error`, `budget_on_redis_error`), bounded by `redis_timeout`: never a 500.
+The body is parsed by hand (not by a pydantic parameter), so malformed JSON, a wrong type
 or an unknown field all become the same error shape naming the field, never a 500.
 
 `uvicorn --factory course_lib.service.app:app_from_env` (what `course-lib serve` runs) builds the
@@ -56,7 +59,7 @@ from ..input_validation import (
 )
 from ..llm import make_async_client
 from ..output_validation import OutputGuard, remove_untrusted_links
-from ..ratelimit import AsyncRateLimiter, Decision
+from ..ratelimit import AsyncRateLimiter, Decision, ahit_all
 from ..redaction import StreamRedactor
 from ..screening import RuleScreen, Screening
 from ..sim.models import count_tokens
@@ -92,19 +95,32 @@ class Service:
     def __init__(self, settings: Settings, client: openai.AsyncOpenAI, store: AsyncRedis, *,
                  clock: Clock = SYSTEM_CLOCK, on_event: EventSink | None = None) -> None:
         self.settings, self.client, self.store = settings, client, store
+        self.clock, self.on_event = clock, on_event
         self.validator = InputValidator(InputPolicy(default_reserve=settings.default_max_tokens, fit="refuse"),
                                         clock=clock, on_event=on_event)
         self.screening = Screening([RuleScreen()], clock=clock, on_event=on_event)
-        self.limiter = AsyncRateLimiter(store, limit=settings.user_requests_per_minute, window=60,
-                                        name="user-requests", clock=clock, on_event=on_event, on_redis_error="local",
-                                        local_limit=settings.user_requests_per_minute)
-        self.user_budget = AsyncBudget(store, limit_usd=settings.user_daily_budget_usd, name="user",
-                                       lease_seconds=max(60.0, settings.retry_deadline * 4), on_event=on_event)
-        self.global_budget = AsyncBudget(store, limit_usd=settings.global_daily_budget_usd, name="global",
-                                         lease_seconds=max(60.0, settings.retry_deadline * 4), on_event=on_event)
+        self.limiters = {name: self._limiter(store, name, limit, algorithm) for name, limit, algorithm in (
+            ("user-requests", settings.user_requests_per_minute, "sliding-log"),
+            ("user-tokens", settings.user_tokens_per_minute, "gcra"),
+            ("global-requests", settings.global_requests_per_minute, "sliding-log"),
+            ("global-tokens", settings.global_tokens_per_minute, "gcra"))}
+        lease = max(60.0, settings.retry_deadline * 4)
+        self.user_budget, self.global_budget = (
+            AsyncBudget(store, limit_usd=limit, name=name, lease_seconds=lease, on_event=on_event,
+                        on_redis_error=settings.budget_on_redis_error,  # type: ignore[arg-type]
+                        timeout=settings.redis_timeout)
+            for name, limit in (("user", settings.user_daily_budget_usd), ("global", settings.global_daily_budget_usd)))
         self.agent = SupportAgent(client, settings, clock=clock, on_event=on_event)
-        self.clock, self.on_event = clock, on_event
         self._system_tokens = count_tokens(SYSTEM_PROMPT, settings.model) + 4
+
+    def _limiter(self, store: AsyncRedis, name: str, limit: int, algorithm: str) -> AsyncRateLimiter:
+        """One per-minute limit. Requests: the exact sliding log; tokens: GCRA, whose one key per
+        user costs the same memory whatever the count (a log would hold a member per token)."""
+        local = max(1, math.floor(limit * self.settings.limiter_local_fraction))
+        return AsyncRateLimiter(store, limit=limit, window=60, algorithm=algorithm,  # type: ignore[arg-type]
+                                name=name, clock=self.clock, on_event=self.on_event,
+                                on_redis_error=self.settings.limiter_on_redis_error,  # type: ignore[arg-type]
+                                local_limit=local, timeout=self.settings.redis_timeout)
 
     # --- the steps, in order --------------------------------------------------------------------
     def authenticate(self, header: str | None) -> str:
@@ -161,12 +177,34 @@ class Service:
                 raise ServiceError("injection_suspected", f"refused: the text matches prompt-injection rules "
                                    f"({reasons})", field=f"messages[{index}].content")
 
-    async def rate_limit(self, user: str) -> Decision:
-        decision = await self.limiter.hit(user)
+    @staticmethod
+    def token_cost(valid: ValidRequest) -> int:
+        """What a request counts against the token limits: its prompt plus every answer token it may use."""
+        return valid.prompt_tokens + valid.max_tokens
+
+    async def rate_limit(self, user: str, valid: ValidRequest) -> Decision:
+        """The four limits in one `ahit_all`: a refusal gives back what the earlier ones counted, and
+        its headers are the refusing limit's. A request larger than a token limit can never pass:
+        that is the request's fault (400 naming the field), not a wait (429)."""
+        tokens = self.token_cost(valid)
+        for name in ("user-tokens", "global-tokens"):
+            limit = self.limiters[name].limit
+            if tokens > limit:
+                field = "max_tokens" if valid.prompt_tokens < limit else "messages"
+                raise ServiceError("input_too_long", f"the request needs {tokens:,} tokens ({valid.prompt_tokens:,} "
+                                   f"prompt + {valid.max_tokens:,} max_tokens), over the {name} limit of {limit:,} "
+                                   "per minute", field=field, limit=limit, extra={"reason": "over_token_limit"})
+        limits = self.limiters
+        decision = await ahit_all([(limits["user-requests"], user, 1), (limits["user-tokens"], user, tokens),
+                                   (limits["global-requests"], "all", 1), (limits["global-tokens"], "all", tokens)])
         if not decision.allowed:
-            raise ServiceError("rate_limited", f"more than {decision.limit} requests per {decision.window:g} s; "
-                               f"retry in {decision.retry_after} s", headers=decision.headers(),
-                               limit=decision.limit, extra={"retry_after": decision.retry_after})
+            unit = "tokens" if decision.name.endswith("tokens") else "requests"
+            whose = "your" if decision.name.startswith("user") else "the service's"
+            raise ServiceError("rate_limited", f"{whose} limit of {decision.limit:,} {unit} per {decision.window:g} s "
+                               f"is reached; retry in {decision.retry_after} s", headers=decision.headers(),
+                               limit=decision.limit, extra={"retry_after": decision.retry_after,
+                                                            "limit_name": decision.name,
+                                                            "decided_by": decision.decided_by})
         return decision
 
     def worst_case_usd(self, valid: ValidRequest) -> float:
@@ -205,7 +243,7 @@ class Service:
         """Every step after authentication up to the settled budget; the caller renders the outcome."""
         valid = self.validate(body)
         await self.screen(valid)
-        decision = await self.rate_limit(user)
+        decision = await self.rate_limit(user, valid)
         held = await self.reserve(user, self.worst_case_usd(valid))
         try:
             reply = await self.answer(valid)
@@ -274,7 +312,8 @@ def create_app(settings: Settings, *, provider: SimProvider | openai.AsyncOpenAI
     else:
         client = make_async_client(provider or SimProvider(), max_retries=0, timeout=settings.provider_timeout)
     if redis is None:
-        redis = (AsyncRedis.from_url(settings.redis_url) if settings.redis_url
+        redis = (AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=settings.redis_timeout)
+                 if settings.redis_url
                  else fakeredis.FakeAsyncRedis(server=_SHARED_FAKE))
     service = Service(settings, client, redis, clock=clock, on_event=on_event)
     app = FastAPI(title="course-lib support agent", version="0.1.0")

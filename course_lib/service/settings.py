@@ -96,6 +96,22 @@ class Settings:
     max_body_bytes: int = 256_000
     max_tool_rounds: int = 3
     user_requests_per_minute: int = 60
+    """Exact sliding window per user, shared by every worker through Redis."""
+    global_requests_per_minute: int = 3_000
+    """All users together (sliding window)."""
+    user_tokens_per_minute: int = 100_000
+    """Per user; a request costs its prompt tokens plus its max_tokens (GCRA: constant memory)."""
+    global_tokens_per_minute: int = 5_000_000
+    limiter_on_redis_error: str = "local"
+    """Rate limits while Redis is unreachable: "local" (each worker keeps its own count, see the
+    next field), "open" (admit everything) or "closed" (refuse everything with a 429)."""
+    limiter_local_fraction: float = 1.0
+    """Each worker's local limit as a fraction of the shared one (N workers: 1/N keeps the total)."""
+    budget_on_redis_error: str = "closed"
+    """Budgets while Redis is unreachable: "closed" (refuse with 503 budget_unavailable) or "open"
+    (let calls through unmetered: money can be overspent until Redis is back)."""
+    redis_timeout: float = 0.25
+    """Seconds any one Redis call may take before the guard's policy decides instead."""
     user_daily_budget_usd: float = 5.0
     global_daily_budget_usd: float = 100.0
     allowed_hosts: tuple[str, ...] = ()
@@ -128,8 +144,17 @@ class Settings:
         need(1_000 <= self.max_body_bytes <= 10_000_000, "max_body_bytes", "from 1,000 to 10,000,000",
              self.max_body_bytes)
         need(0 <= self.max_tool_rounds <= 10, "max_tool_rounds", "from 0 to 10", self.max_tool_rounds)
-        need(1 <= self.user_requests_per_minute <= 1_000_000, "user_requests_per_minute", "from 1 to 1,000,000",
-             self.user_requests_per_minute)
+        for name in ("user_requests_per_minute", "global_requests_per_minute"):
+            need(1 <= getattr(self, name) <= 1_000_000, name, "from 1 to 1,000,000", getattr(self, name))
+        for name in ("user_tokens_per_minute", "global_tokens_per_minute"):
+            need(1_000 <= getattr(self, name) <= 10_000_000, name, "from 1,000 to 10,000,000", getattr(self, name))
+        need(self.limiter_on_redis_error in ("local", "open", "closed"), "limiter_on_redis_error",
+             "one of local, open, closed", self.limiter_on_redis_error)
+        need(0 < self.limiter_local_fraction <= 1, "limiter_local_fraction", "> 0 and <= 1",
+             self.limiter_local_fraction)
+        need(self.budget_on_redis_error in ("closed", "open"), "budget_on_redis_error", "one of closed, open",
+             self.budget_on_redis_error)
+        need(0.01 <= self.redis_timeout <= 10, "redis_timeout", "from 0.01 to 10 seconds", self.redis_timeout)
         for name in ("user_daily_budget_usd", "global_daily_budget_usd"):
             need(0 < getattr(self, name) <= 1_000_000, name, "a number of dollars > 0 and <= 1,000,000",
                  getattr(self, name))
@@ -169,7 +194,7 @@ class Settings:
                 values[spec.name] = tuple(p.strip().lower() if "host" in spec.name else p.strip()
                                           for p in raw.split(",") if p.strip())
             else:
-                values[spec.name] = raw
+                values[spec.name] = raw.lower() if spec.name.endswith("on_redis_error") else raw
         return cls(**values)
 
 
