@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import redis
 import redis.asyncio
-from soak_ratelimit import start_server
+from local_redis import redis_server  # tools/local_redis.py
 
 from course_lib.ratelimit import AsyncRateLimiter, RateLimiter
 
@@ -123,13 +123,8 @@ def main() -> None:
     parser.add_argument("--redis", help="URL of a running server (default: start one on a free port)")
     parser.add_argument("--decisions", type=int, default=1000, help="per contender and round (best of 10 rounds)")
     args = parser.parse_args()
-    server, url = (None, args.redis) if args.redis else start_server()
-    try:
+    with redis_server(args.redis) as url:
         figures = {"sync": sync_rates(url, args.decisions), "async": asyncio.run(async_rates(url, args.decisions))}
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
     ratios = {}
     for mode, rates in figures.items():
         ceiling = rates["ping"]
