@@ -264,8 +264,10 @@ def test_the_per_user_token_limit_counts_prompt_plus_max_tokens() -> None:
     error = error_of(refused)
     assert (refused.status_code, error["code"], error["limit_name"]) == (429, "rate_limited", "user-tokens")
     assert refused.headers["RateLimit-Policy"] == f'"user-tokens";q={3 * cost + cost // 2};w=60'
-    assert refused.headers["RateLimit"].startswith(f'"user-tokens";r={cost // 2};t=')
-    # GCRA frees tokens continuously: the missing half request's worth comes back in about 10 s
+    # GCRA frees tokens continuously (about 9 a second here), so a slow machine sees a few more
+    remaining = int(refused.headers["RateLimit"].split(";r=")[1].split(";")[0])
+    assert refused.headers["RateLimit"].startswith('"user-tokens";r=') and cost // 2 <= remaining <= cost // 2 + 20
+    # the missing half request's worth comes back in about 10 s
     assert 1 <= int(refused.headers["Retry-After"]) <= 11
 
 
