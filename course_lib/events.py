@@ -50,7 +50,9 @@ class Attempt(Event):
 
 @dataclass(frozen=True, slots=True)
 class Wait(Event):
-    """The pause after a failed attempt; reason is "backoff" or "retry-after"."""
+    """A pause before an attempt: after a failed one ("backoff", "retry-after"), or before a
+    request the provider's x-ratelimit headers say would be refused ("x-ratelimit", from
+    `course_lib.pacing`, with call_id and attempt 0)."""
 
     call_id: int
     attempt: int

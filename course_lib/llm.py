@@ -3,6 +3,7 @@
     client = make_client()                        # simulated, in-process, offline
     client = make_client(SimProvider(plan, clock=clock))
     aclient = make_async_client(provider)
+    client = make_client(provider, pacer=ProviderPacer(clock=clock))   # paced by x-ratelimit headers
 
 A real endpoint is used only when asked for (`real=True`, or COURSE_LIB_REAL_LLM=1 in the
 environment); its key is read from OPENAI_API_KEY and never written in code.
@@ -23,6 +24,7 @@ import openai
 from openai._base_client import get_platform
 
 from .clock import Clock
+from .pacing import AsyncPacedTransport, PacedTransport, ProviderPacer
 from .sim.provider import SimProvider
 from .sim.transport import SimTransport
 
@@ -55,16 +57,31 @@ def _real_settings(real: bool | None) -> LLMSettings | None:
     return settings
 
 
+def _paced(transport: Any, pacer: ProviderPacer | None, is_async: bool) -> Any:
+    if pacer is None:
+        return transport
+    return AsyncPacedTransport(transport, pacer) if is_async else PacedTransport(transport, pacer)
+
+
 def _client(sdk_class: type[Any], http_class: type[Any], provider: SimProvider | None, max_retries: int, timeout: float,
-            real: bool | None) -> Any:
+            real: bool | None, pacer: ProviderPacer | None = None) -> Any:
     if provider is not None and real:
         raise ValueError("real=True and a simulated provider were both given; pass one or the other")
+    is_async = sdk_class is openai.AsyncOpenAI
     settings = _real_settings(real) if provider is None else None
     if settings is not None:
-        return sdk_class(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout)
+        if pacer is None:
+            return sdk_class(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries,
+                             timeout=timeout)
+        network = httpx2.AsyncHTTPTransport() if is_async else httpx2.HTTPTransport()
+        default_http = openai.DefaultAsyncHttpxClient if is_async else openai.DefaultHttpxClient
+        return sdk_class(api_key=settings.api_key, base_url=settings.base_url, max_retries=max_retries, timeout=timeout,
+                         http_client=default_http(transport=_paced(network, pacer, is_async)))
     provider = provider if provider is not None else SimProvider()
+    if pacer is not None and pacer.clock is not provider.clock:
+        raise ValueError("pacer.clock must be the provider's clock, or the pacer waits on a different time")
     client = sdk_class(api_key="sim-key", base_url=SIM_BASE_URL, max_retries=max_retries, timeout=timeout,
-                       http_client=http_class(transport=SimTransport(provider)))
+                       http_client=http_class(transport=_paced(SimTransport(provider), pacer, is_async)))
     _on_simulated_time(client, provider.clock)
     return client
 
@@ -94,17 +111,19 @@ def _on_simulated_time(client: Any, clock: Clock) -> None:
 
 
 def make_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
-                real: bool | None = None) -> openai.OpenAI:
+                real: bool | None = None, pacer: ProviderPacer | None = None) -> openai.OpenAI:
     """A sync client: the simulated `provider` (a fresh one if None) unless a real one is opted in
-    (`real=True`, or COURSE_LIB_REAL_LLM=1 when no provider is given)."""
-    client: openai.OpenAI = _client(openai.OpenAI, httpx2.Client, provider, max_retries, timeout, real)
+    (`real=True`, or COURSE_LIB_REAL_LLM=1 when no provider is given). A `pacer` (course_lib.pacing)
+    waits before each request the provider's x-ratelimit headers say it would refuse."""
+    client: openai.OpenAI = _client(openai.OpenAI, httpx2.Client, provider, max_retries, timeout, real, pacer)
     return client
 
 
 def make_async_client(provider: SimProvider | None = None, *, max_retries: int = 0, timeout: float = 30.0,
-                      real: bool | None = None) -> openai.AsyncOpenAI:
+                      real: bool | None = None, pacer: ProviderPacer | None = None) -> openai.AsyncOpenAI:
     """The async twin of `make_client`."""
-    client: openai.AsyncOpenAI = _client(openai.AsyncOpenAI, httpx2.AsyncClient, provider, max_retries, timeout, real)
+    client: openai.AsyncOpenAI = _client(openai.AsyncOpenAI, httpx2.AsyncClient, provider, max_retries, timeout, real,
+                                         pacer)
     return client
 
 
