@@ -89,7 +89,7 @@ TimeSource = Literal["redis", "clock"]
 TIME_SOURCES = ("redis", "clock")
 
 # Both scripts: KEYS as documented above; ARGV: limit, window (us), cost[, now (us) when time_source="clock"].
-# They return {allowed, used, reset_us, retry_us, now_us, first_seq}; times in whole microseconds.
+# They return "allowed used reset_us retry_us now_us first_seq" as one string; times in whole microseconds.
 _NOW = """
 local now = tonumber(ARGV[4])
 if not now then
@@ -99,6 +99,9 @@ end
 local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = math.ceil(window / 1000) + 1000
 local stamp = string.format('%.0f', now)  -- tostring() would print 14 digits and lose microseconds
+local function answer(...)  -- one string, not an array of six: one read for the client, not seven
+  return string.format(string.rep('%.0f ', select('#', ...)), ...)
+end
 """
 
 _SLIDING_LOG = _NOW + """
@@ -109,7 +112,7 @@ if used + cost > limit then
   -- refused, and not recorded: room for `cost` comes when the oldest (used + cost - limit) leave
   local freeing = redis.call('ZRANGE', log, used + cost - limit - 1, used + cost - limit - 1, 'WITHSCORES')
   local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-  return {0, used, tonumber(oldest[2]) + window - now, tonumber(freeing[2]) + window - now, now, 0}
+  return answer(0, used, tonumber(oldest[2]) + window - now, tonumber(freeing[2]) + window - now, now, 0)
 end
 local last = redis.call('INCRBY', seq, cost)
 local members = {}
@@ -119,7 +122,7 @@ end
 redis.call('ZADD', log, unpack(members))
 redis.call('PEXPIRE', log, ttl) ; redis.call('PEXPIRE', seq, ttl)
 local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
-return {1, used + cost, tonumber(oldest[2]) + window - now, 0, now, last - cost + 1}
+return answer(1, used + cost, tonumber(oldest[2]) + window - now, 0, now, last - cost + 1)
 """
 
 # GCRA in microseconds: `tat` is the theoretical arrival time, when the stored units are all
@@ -132,10 +135,10 @@ if tat < now then tat = now end
 local new_tat = tat + cost * interval
 local function used(at) return math.max(0, math.ceil((at - now) / interval - 1e-9)) end
 if new_tat - now > window then
-  return {0, used(tat), math.ceil(tat - now), math.ceil(new_tat - window - now), now, 0}
+  return answer(0, used(tat), math.ceil(tat - now), math.ceil(new_tat - window - now), now, 0)
 end
 redis.call('SET', key, string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return {1, used(new_tat), math.ceil(new_tat - now), 0, now, 0}
+return answer(1, used(new_tat), math.ceil(new_tat - now), 0, now, 0)
 """
 
 # Give back what an admitted decision counted. ARGV: kind, first member seq / cost, cost, limit, window (us)
@@ -269,7 +272,7 @@ class _Limiter:
         return [self.limit, self._window_us, cost]
 
     def _decided(self, key: str, cost: int, result: list[Any]) -> Decision:
-        allowed, used, reset_us, retry_us, now_us, first = (int(v) for v in result)
+        allowed, used, reset_us, retry_us, now_us, first = (int(v) for v in result.split())
         refund = (self.algorithm, first, cost, now_us) if allowed else None
         decision = Decision(bool(allowed), self.limit, max(0, self.limit - used), max(0, reset_us) / 1e6,
                             None if allowed else _whole_seconds(retry_us / 1e6), self.name, self.window, "redis",
