@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from ._wrapping import check
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventSink, InputRejected, TextCleaned, TurnsDropped
-from .sim.models import MODELS, encoding_for
+from .sim.models import MODELS, check_model, encoding_for
 
 __all__ = ["InputError", "InputPolicy", "InputValidator", "ValidRequest", "ChatRequest", "Message", "TextPart",
            "input_error", "clean_text", "message_tokens", "prompt_tokens", "worst_case_cost_usd", "CODES"]
@@ -263,13 +263,9 @@ def clean_text(text: str, field: str = "text", *, refuse_invisible: bool = False
 
 
 # --- size and cost --------------------------------------------------------------------------------
-def _known(model: str) -> None:
-    check(model in MODELS, "model", f"one of {sorted(MODELS)}", model)
-
-
 def message_tokens(message: Message, model: str) -> int:
     """Tokens one message adds to the prompt of `model`, framing included."""
-    _known(model)
+    check_model(model)
     count = encoding_for(model).count
     tokens = PER_MESSAGE + count(message.role) + count(message.text())
     return int(tokens + (count(message.name) + PER_NAME if message.name is not None else 0))
@@ -282,7 +278,7 @@ def prompt_tokens(messages: Sequence[Message], model: str) -> int:
 
 def worst_case_cost_usd(model: str, prompt: int, max_tokens: int) -> float:
     """What the call costs at most: every prompt token plus every answer token it may produce."""
-    _known(model)
+    check_model(model)
     spec = MODELS[model]
     return (prompt * spec.input_price_per_million + max_tokens * spec.output_price_per_million) / 1_000_000
 

@@ -41,7 +41,7 @@ from . import redaction
 from ._wrapping import check
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventSink, LinkRemoved, OutputVerdict, Redacted, RepairAttempt, Truncated
-from .sim.models import MODELS, encoding_for
+from .sim.models import check_model, encoding_for, whole_text
 
 __all__ = ["StructuredOutput", "Structured", "ModelRefused", "OutputRejected", "Problem", "judge",
            "OutputGuard", "Guarded", "remove_untrusted_links", "truncate_tokens", "safe_html"]
@@ -300,28 +300,16 @@ def remove_untrusted_links(markdown: str, allowed_hosts: Iterable[str] = (),
     return text
 
 
-def _check_model(model: str) -> None:
-    check(model in MODELS, "model", f"one of {sorted(MODELS)}", model)
-
-
 def truncate_tokens(text: str, model: str, max_tokens: int) -> tuple[str, bool]:
     """At most `max_tokens` of `model`'s tokens, cut at a token boundary that is also a whole
     character; and whether anything was cut."""
-    _check_model(model)
+    check_model(model)
     check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0, "max_tokens",
           "a whole number >= 0", max_tokens)
-    encoding = encoding_for(model)
-    tokens = encoding.encode(text)
+    tokens = encoding_for(model).encode(text)
     if len(tokens) <= max_tokens:
         return text, False
-    for end in range(max_tokens, -1, -1):  # a token can end inside a multi-byte character
-        try:
-            piece = encoding.decode(tokens[:end])
-        except ValueError:  # the compiled tokenizer refuses to decode half a character
-            continue
-        if piece is not None and text.startswith(piece):
-            return piece, True
-    return "", True
+    return whole_text(tokens[:max_tokens], model), True
 
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in a reply is shown as text
@@ -358,7 +346,7 @@ class OutputGuard:
 
     def __init__(self, *, model: str, max_tokens: int, allowed_hosts: Iterable[str] = (),
                  on_event: EventSink | None = None, clock: Clock = SYSTEM_CLOCK, name: str = "output-guard") -> None:
-        _check_model(model)
+        check_model(model)
         check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1, "max_tokens",
               "a whole number >= 1", max_tokens)
         check(not isinstance(allowed_hosts, str), "allowed_hosts", "a collection of host names, not one string",
@@ -384,12 +372,13 @@ class OutputGuard:
 
         text = remove_untrusted_links(text, self.allowed_hosts, note)
         text = redaction.redact(text, on_event=count, clock=self.clock)
-        whole = len(encoding_for(self.model).encode(text))
-        text, cut = truncate_tokens(text, self.model, self.max_tokens)
-        if cut:  # never end on a piece of a placeholder: "[REDACT"
-            start = text.rfind("[")
+        tokens = encoding_for(self.model).encode(text)
+        cut = len(tokens) > self.max_tokens
+        if cut:
+            text = whole_text(tokens[:self.max_tokens], self.model)
+            start = text.rfind("[")  # never end on a piece of a placeholder: "[REDACT"
             if start != -1 and "]" not in text[start:] and "[REDACTED:".startswith(text[start:start + 10]):
                 text = text[:start].rstrip()
-        if cut and self.on_event is not None:
-            self.on_event(Truncated(self.clock.now(), self.name, whole, self.max_tokens))
+            if self.on_event is not None:
+                self.on_event(Truncated(self.clock.now(), self.name, len(tokens), self.max_tokens))
         return Guarded(text, redacted, removed, cut)

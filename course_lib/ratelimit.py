@@ -271,7 +271,7 @@ class _Limiter:
             return [self.limit, self._window_us, cost, round(self.clock.wall() * 1_000_000)]
         return [self.limit, self._window_us, cost]
 
-    def _decided(self, key: str, cost: int, result: list[Any]) -> Decision:
+    def _decided(self, key: str, cost: int, result: bytes | str) -> Decision:
         allowed, used, reset_us, retry_us, now_us, first = (int(v) for v in result.split())
         refund = (self.algorithm, first, cost, now_us) if allowed else None
         decision = Decision(bool(allowed), self.limit, max(0, self.limit - used), max(0, reset_us) / 1e6,

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .requests import text_of
+from .models import text_of
 
 __all__ = ["Draft", "Planted", "SchemaError", "draft", "support_reply", "value_for", "planted_for",
            "apply_output_fault", "break_json", "violate", "to_json", "seeded", "resolve"]

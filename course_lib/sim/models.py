@@ -16,7 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd", "text_pieces"]
+__all__ = ["ModelSpec", "MODELS", "encoding_for", "count_tokens", "count_prompt_tokens", "cost_usd", "text_pieces", "whole_text", "text_of",
+           "check_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,13 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("gpt-3.5-turbo", 16_385, 4_096, 0.50, 1.50, "cl100k_base"),
     )
 }
+
+
+def check_model(model: object) -> None:
+    """Refuse a model the table does not know, naming the field and the known ones (the message
+    is built only on failure: this runs for every message counted)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
 
 
 @functools.cache
@@ -99,7 +107,14 @@ def text_pieces(tokens: list[int], model: str, size: int = 4) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
-def _text_of(content: Any) -> str:
+def whole_text(tokens: list[int], model: str) -> str:
+    """The text of the longest prefix of `tokens` that ends where a character ends (a cut at a
+    token limit can stop inside a multi-byte character, which is dropped)."""
+    return "".join(text_pieces(tokens, model, size=len(tokens) or 1))
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: the string, or its text parts joined."""
     if isinstance(content, str):
         return content
     if isinstance(content, Iterable):
@@ -115,7 +130,7 @@ def count_prompt_tokens(messages: Iterable[Mapping[str, Any]], model: str) -> in
         total += 3
         for key in ("role", "content", "name"):
             if message.get(key) is not None:
-                total += count_tokens(_text_of(message[key]), model) + (key == "name")
+                total += count_tokens(text_of(message[key]), model) + (key == "name")
     return total
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from ..clock import SYSTEM_CLOCK, Clock
 from . import content, tools
 from .faults import OUTPUT_KINDS, FaultPlan, KeyLimits
-from .models import MODELS, encoding_for, text_pieces
+from .models import MODELS, encoding_for, text_pieces, whole_text
 from .moderation import classify, validate_moderation
 from .requests import ApiError, bearer_key, validate_chat
 
@@ -322,7 +322,7 @@ class SimProvider:
             return SimReply(200, {"content-type": "text/event-stream", "cache-control": "no-cache"},
                             chunks=self._stream(common, model, tokens, finish, usage if include_usage else None, field),
                             delay=delay), len(tokens)
-        said = "".join(text_pieces(tokens, model, size=len(tokens) or 1))
+        said = whole_text(tokens, model)
         message: dict[str, Any] = {"role": "assistant", "content": said if field == "content" else None,
                    "refusal": said if field == "refusal" else None, "annotations": []}
         completion = {**common, "object": "chat.completion", "usage": usage,
@@ -363,7 +363,7 @@ class SimProvider:
             left -= encoding_for(model).count(name)
             tokens = encoding_for(model).encode(arguments)
             if left < len(tokens):
-                cut = "".join(text_pieces(tokens[:max(0, left)], model, size=max(1, left)))
+                cut = whole_text(tokens[:max(0, left)], model)
                 kept.append({**call, "function": {"name": name, "arguments": cut}})
                 break
             kept.append(call)

@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .models import MODELS
+from .models import MODELS, text_of
 
-__all__ = ["ApiError", "validate_chat", "check_auth", "bearer_key", "parse_body", "text_of", "ROLES",
+__all__ = ["ApiError", "validate_chat", "check_auth", "bearer_key", "parse_body", "ROLES",
            "RESPONSE_FORMATS", "TOOL_CHOICES", "MAX_TOOLS"]
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -95,15 +95,6 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return request
-
-
-def text_of(content: Any) -> str:
-    """The text of a message's content: the string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return ""
 
 
 def validate_chat(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .content import CLOSINGS, GREETINGS, KEYWORDS, SchemaError, resolve, seeded, to_json, value_for
 from .models import count_prompt_tokens, count_tokens
-from .requests import text_of
+from .models import text_of
 
 __all__ = ["wants_tool_calls", "choose_tools", "tool_calls_for", "arguments_for", "tool_results", "answer_from_results",
            "last_user_text", "prompt_tokens", "completion_tokens", "ToolSchemaError"]
