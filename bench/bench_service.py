@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -34,19 +35,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # at module level: the bare route's string annotations (postponed evaluation) resolve here
 from fastapi import FastAPI, Request
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from local_redis import free_port, redis_server  # noqa: E402 - tools/local_redis.py, beside the soaks
+
 TARGET_RPS = 2000
 BODY = json.dumps({"messages": [{"role": "user", "content": "Where is my order 1001?"}]}).encode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def user_key(number: int) -> str:
@@ -118,26 +117,6 @@ def start_sim() -> tuple[subprocess.Popen[str], str]:
         process.kill()
         raise SystemExit("the simulator did not start")
     return process, found.group(1)
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes] | None, str | None]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None, None
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(7) == b"+PONG\r\n":
-                    return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    process.kill()
-    raise SystemExit("redis-server did not answer PING")
 
 
 def start_service(port: int, provider_url: str, redis_url: str | None, workers: int,
@@ -265,23 +244,24 @@ def main() -> None:
         raise SystemExit("--seconds must be > 0, --clients and --workers at least 1")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    sim = redis_process = service = bare = None
-    try:
-        redis_process, redis_url = start_redis()
+    sim = service = bare = None
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(redis_server(None)) if shutil.which("redis-server") else None
         if args.workers > 1 and redis_url is None:
             raise SystemExit("--workers above 1 needs redis-server installed")
-        sim, provider_url = start_sim()
-        service_port, bare_port = free_port(), free_port()
-        service = start_service(service_port, provider_url, redis_url, args.workers, args.clients)
-        bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port), "--provider", provider_url])
-        wait_until_up(service_port, "/healthz", service)
-        wait_until_up(bare_port, "/healthz", bare)
-        added = asyncio.run(latency(service_port, bare_port, args.seconds))
-        through_service = asyncio.run(throughput(service_port, args.clients, args.seconds))
-        through_bare = asyncio.run(throughput(bare_port, args.clients, args.seconds))
-    finally:
-        for process in (service, bare, sim, redis_process):
-            stop(process)
+        try:
+            sim, provider_url = start_sim()
+            service_port, bare_port = free_port(), free_port()
+            service = start_service(service_port, provider_url, redis_url, args.workers, args.clients)
+            bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port), "--provider", provider_url])
+            wait_until_up(service_port, "/healthz", service)
+            wait_until_up(bare_port, "/healthz", bare)
+            added = asyncio.run(latency(service_port, bare_port, args.seconds))
+            through_service = asyncio.run(throughput(service_port, args.clients, args.seconds))
+            through_bare = asyncio.run(throughput(bare_port, args.clients, args.seconds))
+        finally:
+            for process in (service, bare, sim):
+                stop(process)
 
     store = "redis-server" if redis_url else "embedded fakeredis"
     print(f"(a) one client, alternating: service p50 {added['service']['p50_ms']:.2f} ms / p99 "
