@@ -42,7 +42,7 @@ from .breaker import NO_MOVES, BreakerPolicy, LocalState, Moves, Ticket, Verdict
 from .clock import Clock
 from .events import Event, StoreFallback
 
-__all__ = ["RedisState", "AsyncRedisState"]
+__all__ = ["RedisState", "AsyncRedisState", "StoreOutage"]
 
 log = logging.getLogger("course_lib.breaker")
 
@@ -162,6 +162,46 @@ _POOL_OWNED = frozenset({"maint_notifications_pool_handler", "oss_cluster_maint_
                          "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout"})
 
 
+class StoreOutage:
+    """How a guard lives through its shared store (Redis) failing, the same for the breaker, the
+    rate limiter and the budget: one warning per outage and a debug line for each failure after
+    it, one `StoreFallback` event per failed call, an info line when the store answers again, and
+    for `rest` seconds after a failure the store is not asked at all (`resting`), so an outage
+    does not add a timeout to every call. `then` says what the guard does meanwhile."""
+
+    def __init__(self, logger: logging.Logger, kind: str, name: str, *, rest: float, then: str,
+                 on_event: Callable[[Event], None] | None, recovered: str = "") -> None:
+        self.log, self.kind, self.name, self.rest, self.then = logger, kind, name, rest, then
+        self.on_event, self.recovered = on_event, recovered
+        self._retry_at: float | None = None  # while the store is failing: when to ask it again
+        self._lock = threading.Lock()
+
+    def resting(self, now: float) -> bool:
+        retry_at = self._retry_at
+        return retry_at is not None and now < retry_at
+
+    def failed(self, operation: str, now: float, error: Exception) -> str:
+        """Record a failed call; the error as text."""
+        with self._lock:
+            news, self._retry_at = self._retry_at is None, now + self.rest
+        detail = f"{type(error).__name__}: {error}"
+        if news:
+            self.log.warning("%s %r: Redis %s failed (%s); %s", self.kind, self.name, operation, detail, self.then)
+        else:
+            self.log.debug("%s %r: Redis %s still failing (%s)", self.kind, self.name, operation, detail)
+        if self.on_event is not None:
+            self.on_event(StoreFallback(now, self.name, operation, detail))
+        return detail
+
+    def answered(self) -> None:
+        if self._retry_at is None:
+            return
+        with self._lock:
+            news, self._retry_at = self._retry_at is not None, None
+        if news:
+            self.log.info("%s %r: Redis answers again%s", self.kind, self.name, self.recovered)
+
+
 def _with_timeout(client: Any, timeout: float) -> redis.Redis:
     """A client for the same server whose connects and reads give up after `timeout` seconds, and
     never retry, on a pool of its own: the caller's client keeps its settings. A synchronous
@@ -191,8 +231,9 @@ class _RedisScripts:
         # One hash tag for both keys, so that a Redis Cluster keeps them in one slot for the scripts.
         self.keys = [f"{{{prefix}:{name}}}", f"{{{prefix}:{name}}}:window"]
         self.fallback = LocalState(policy)
-        self._retry_at: float | None = None  # while Redis is failing: when to ask it again (breaker's clock)
-        self._outage_lock = threading.Lock()
+        self.outage = StoreOutage(log, "breaker", name, rest=store_retry_seconds, on_event=on_event,
+                                  then=f"deciding locally for the next {store_retry_seconds:g}s",
+                                  recovered="; the shared state decides")
         self.redis = self._bounded(client)  # what the state talks to Redis through
         self._admit = self.redis.register_script(_ADMIT)
         self._settle = self.redis.register_script(_SETTLE)
@@ -224,33 +265,6 @@ class _RedisScripts:
         if state == "open" and float(server_now) >= float(opened_at) + self.policy.open_seconds:
             return "half-open"
         return state
-
-    def _resting(self, now: float) -> bool:
-        """True while a recent failure says: decide locally, do not wait for Redis."""
-        retry_at = self._retry_at
-        return retry_at is not None and now < retry_at
-
-    def _failed(self, operation: str, now: float, error: Exception) -> None:
-        """Redis failed: decide locally for `store_retry_seconds`. One warning per outage (a
-        debug line for each failed retry), one event per failed Redis call."""
-        with self._outage_lock:
-            news, self._retry_at = self._retry_at is None, now + self.store_retry_seconds
-        detail = f"{type(error).__name__}: {error}"
-        if news:
-            log.warning("breaker %r: Redis %s failed (%s); deciding locally for the next %gs",
-                        self.name, operation, detail, self.store_retry_seconds)
-        else:
-            log.debug("breaker %r: Redis %s still failing (%s)", self.name, operation, detail)
-        if self.on_event is not None:
-            self.on_event(StoreFallback(now, self.name, operation, detail))
-
-    def _answered(self) -> None:
-        if self._retry_at is None:
-            return
-        with self._outage_lock:
-            news, self._retry_at = self._retry_at is not None, None
-        if news:
-            log.info("breaker %r: Redis answers again; the shared state decides", self.name)
 
     def _admit_locally(self, now: float) -> tuple[Ticket | None, float, Moves]:
         ticket, retry_in, moves = self.fallback.admit(now)
@@ -285,14 +299,14 @@ class RedisState(_RedisScripts):
 
     def _run(self, script: Any, args: list[Any], operation: str, now: float) -> Any:
         """The script's answer, or None if Redis failed now or recently: then decide locally."""
-        if self._resting(now):
+        if self.outage.resting(now):
             return None
         try:
             result = script(keys=self.keys, args=args)
         except redis.RedisError as error:
-            self._failed(operation, now, error)
+            self.outage.failed(operation, now, error)
             return None
-        self._answered()
+        self.outage.answered()
         return result
 
     def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:
@@ -331,18 +345,18 @@ class AsyncRedisState(_RedisScripts):
 
     async def _run(self, script: Any, args: list[Any], operation: str, now: float) -> Any:
         """The script's answer, or None if Redis failed (or was too slow) now or recently."""
-        if self._resting(now):
+        if self.outage.resting(now):
             return None
         try:
             async with asyncio.timeout(self.timeout):
                 result = await script(keys=self.keys, args=args)
         except redis.RedisError as error:
-            self._failed(operation, now, error)
+            self.outage.failed(operation, now, error)
             return None
         except TimeoutError:  # ours: redis-py's own timeouts are RedisErrors
-            self._failed(operation, now, redis.TimeoutError(f"no answer within {self.timeout:g}s"))
+            self.outage.failed(operation, now, redis.TimeoutError(f"no answer within {self.timeout:g}s"))
             return None
-        self._answered()
+        self.outage.answered()
         return result
 
     async def admit(self, now: float) -> tuple[Ticket | None, float, Moves]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,9 +60,9 @@ import redis
 import redis.asyncio
 
 from ._wrapping import check
-from .breaker_redis import _with_timeout
+from .breaker_redis import StoreOutage, _with_timeout
 from .clock import SYSTEM_CLOCK, Clock
-from .events import BudgetChanged, Event, StoreFallback
+from .events import BudgetChanged, Event
 
 __all__ = [
     "PERIODS",
@@ -286,8 +285,7 @@ class _BudgetCore:
         self._limit = _micros(limit_usd)
         self._lease = math.ceil(lease_seconds * 1_000_000)
         self._keep = math.ceil(lease_seconds) + KEEP_MARGIN
-        self._outage = False
-        self._outage_lock = threading.Lock()
+        self.outage = StoreOutage(log, "budget", name, rest=0.0, on_event=on_event, then=f"failing {on_redis_error}")
         self.redis = self._bounded(client)
         self._reserve = self.redis.register_script(_RESERVE)
         self._finish = self.redis.register_script(_FINISH)
@@ -366,26 +364,8 @@ class _BudgetCore:
         return BudgetStatus(key, _usd(answer.spent), _usd(answer.reserved), self.limit_usd, answer.reset_after)
 
     # --- Redis failures ----------------------------------------------------------------------
-    def _failed(self, operation: str, key: str, error: Exception) -> str:
-        """Log one warning per outage (debug lines after it), emit StoreFallback; the error text."""
-        detail = f"{type(error).__name__}: {error}"
-        with self._outage_lock:
-            news, self._outage = not self._outage, True
-        if news:
-            log.warning("budget %r: Redis %s failed (%s); failing %s", self.name, operation, detail,
-                        self.on_redis_error)
-        else:
-            log.debug("budget %r: Redis %s still failing (%s)", self.name, operation, detail)
-        if self.on_event is not None:
-            self.on_event(StoreFallback((self.clock or SYSTEM_CLOCK).now(), self.name, operation, detail))
-        return detail
-
-    def _answered(self) -> None:
-        if self._outage:
-            with self._outage_lock:
-                news, self._outage = self._outage, False
-            if news:
-                log.info("budget %r: Redis answers again", self.name)
+    def _failed(self, operation: str, error: Exception) -> str:
+        return self.outage.failed(operation, (self.clock or SYSTEM_CLOCK).now(), error)
 
     def _unreachable_reserve(self, key: str, amount: int, rid: str, detail: str) -> Reservation:
         if self.on_redis_error == "closed":
@@ -415,7 +395,7 @@ class Budget(_BudgetCore):
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> list[Any]:
         result = script(keys=keys, args=args)
-        self._answered()
+        self.outage.answered()
         return result  # type: ignore[no-any-return]
 
     def reserve(self, key: str, amount_usd: float) -> Reservation:
@@ -425,7 +405,7 @@ class Budget(_BudgetCore):
         try:
             raw = self._run(self._reserve, keys, args)
         except redis.RedisError as error:
-            return self._unreachable_reserve(key, amount, rid, self._failed("reserve", key, error))
+            return self._unreachable_reserve(key, amount, rid, self._failed("reserve", error))
         return self._reserved(key, amount, rid, raw)
 
     def settle(self, reservation: Reservation, actual_usd: float) -> str:
@@ -447,7 +427,7 @@ class Budget(_BudgetCore):
         try:
             raw = self._run(self._finish, keys, args)
         except redis.RedisError as error:
-            self._failed(mode, reservation.key, error)
+            self._failed(mode, error)
             return "unavailable"
         return self._finished(reservation, actual_usd, raw, mode)
 
@@ -457,7 +437,7 @@ class Budget(_BudgetCore):
         try:
             raw = self._run(self._status, self.keys(key), self._head())
         except redis.RedisError as error:
-            raise BudgetUnavailable(self.name, key, "status", self._failed("status", key, error)) from None
+            raise BudgetUnavailable(self.name, key, "status", self._failed("status", error)) from None
         return self._status_of(key, raw)
 
     def reset(self, key: str) -> None:
@@ -484,7 +464,7 @@ class AsyncBudget(_BudgetCore):
                 result = await script(keys=keys, args=args)
         except TimeoutError:  # ours: redis-py's own timeouts are RedisErrors
             raise redis.TimeoutError(f"no answer within {self.timeout:g}s") from None
-        self._answered()
+        self.outage.answered()
         return result  # type: ignore[no-any-return]
 
     async def reserve(self, key: str, amount_usd: float) -> Reservation:
@@ -493,7 +473,7 @@ class AsyncBudget(_BudgetCore):
         try:
             raw = await self._run(self._reserve, keys, args)
         except redis.RedisError as error:
-            return self._unreachable_reserve(key, amount, rid, self._failed("reserve", key, error))
+            return self._unreachable_reserve(key, amount, rid, self._failed("reserve", error))
         return self._reserved(key, amount, rid, raw)
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> str:
@@ -512,7 +492,7 @@ class AsyncBudget(_BudgetCore):
         try:
             raw = await self._run(self._finish, keys, args)
         except redis.RedisError as error:
-            self._failed(mode, reservation.key, error)
+            self._failed(mode, error)
             return "unavailable"
         return self._finished(reservation, actual_usd, raw, mode)
 
@@ -522,7 +502,7 @@ class AsyncBudget(_BudgetCore):
         try:
             raw = await self._run(self._status, self.keys(key), self._head())
         except redis.RedisError as error:
-            raise BudgetUnavailable(self.name, key, "status", self._failed("status", key, error)) from None
+            raise BudgetUnavailable(self.name, key, "status", self._failed("status", error)) from None
         return self._status_of(key, raw)
 
     async def reset(self, key: str) -> None:

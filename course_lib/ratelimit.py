@@ -73,9 +73,9 @@ import redis
 import redis.asyncio
 
 from ._wrapping import check
-from .breaker_redis import _with_timeout
+from .breaker_redis import StoreOutage, _with_timeout
 from .clock import SYSTEM_CLOCK, Clock
-from .events import Event, LimitChecked, StoreFallback
+from .events import Event, LimitChecked
 
 __all__ = ["ALGORITHMS", "POLICIES", "TIME_SOURCES", "AsyncRateLimiter", "Decision", "RateLimiter", "ahit_all", "hit_all"]
 
@@ -249,8 +249,8 @@ class _Limiter:
         self.time_source = time_source
         self._window_us = round(self.window * 1_000_000)
         self._local = _LocalLog(local_limit or limit, self.window)
-        self._retry_at: float | None = None  # while Redis is failing: when to ask it again (limiter's clock)
-        self._outage_lock = threading.Lock()
+        self.outage = StoreOutage(log, "rate limiter", name, rest=store_retry_seconds, on_event=on_event,
+                                  then=f"deciding {on_redis_error!r} for the next {store_retry_seconds:g}s")
         self.redis = self._bounded(client)
         self._script = self.redis.register_script(_SLIDING_LOG if algorithm == "sliding-log" else _GCRA)
         self._refund_script = self.redis.register_script(_REFUND)
@@ -299,28 +299,6 @@ class _Limiter:
                                 None if allowed else _whole_seconds(retry), self.name, self.window, "local")
         return self._emit(key, decision)
 
-    def _resting(self) -> bool:
-        retry_at = self._retry_at
-        return retry_at is not None and self.clock.now() < retry_at
-
-    def _failed(self, operation: str, error: Exception) -> None:
-        now = self.clock.now()
-        with self._outage_lock:
-            news, self._retry_at = self._retry_at is None, now + self.store_retry_seconds
-        detail = f"{type(error).__name__}: {error}"
-        if news:
-            log.warning("rate limiter %r: Redis %s failed (%s); deciding %r for the next %gs",
-                        self.name, operation, detail, self.on_redis_error, self.store_retry_seconds)
-        if self.on_event is not None:
-            self.on_event(StoreFallback(now, self.name, operation, detail))
-
-    def _answered(self) -> None:
-        if self._retry_at is not None:
-            with self._outage_lock:
-                news, self._retry_at = self._retry_at is not None, None
-            if news:
-                log.info("rate limiter %r: Redis answers again", self.name)
-
     def _refund_call(self, decision: Decision) -> tuple[list[str], list[Any]] | None:
         if decision._refund is None or not decision.allowed:
             return None
@@ -334,8 +312,9 @@ class RateLimiter(_Limiter):
     `clock` times events, the local fallback and the pause after a Redis failure, never the
     decisions (those use Redis's `TIME`), unless `time_source="clock"`: then each decision
     takes its time from `clock.wall()`, for notebooks and tests on a virtual clock. In
-    production keep Redis time, because app servers' clocks differ. A client whose pool cannot be copied is refused unless
-    `timeout=None` (then give it short timeouts and no retries yourself)."""
+    production keep Redis time, because app servers' clocks differ. A client whose pool cannot
+    be copied is refused unless `timeout=None` (then give it short timeouts and no retries
+    yourself)."""
 
     def __init__(self, client: redis.Redis, *, limit: int, window: float, algorithm: Algorithm = "sliding-log",
                  name: str = "default", on_event: Callable[[Event], None] | None = None, clock: Clock = SYSTEM_CLOCK,
@@ -353,14 +332,14 @@ class RateLimiter(_Limiter):
     def hit(self, key: str, cost: int = 1) -> Decision:
         """Count `cost` units for `key` if they fit; a refused hit is not counted."""
         keys, args = self.keys(key), self._args(cost)
-        if self._resting():
+        if self.outage.resting(self.clock.now()):
             return self._fallback(key, cost)
         try:
             result = self._script(keys=keys, args=args)
         except redis.RedisError as error:
-            self._failed("hit", error)
+            self.outage.failed("hit", self.clock.now(), error)
             return self._fallback(key, cost)
-        self._answered()
+        self.outage.answered()
         return self._decided(key, cost, result)
 
     def refund(self, key: str, decision: Decision) -> None:
@@ -371,7 +350,7 @@ class RateLimiter(_Limiter):
         try:
             self._refund_script(keys=self.keys(key)[:1], args=call[1])
         except redis.RedisError as error:
-            self._failed("refund", error)
+            self.outage.failed("refund", self.clock.now(), error)
 
 
 class AsyncRateLimiter(_Limiter):
@@ -395,18 +374,18 @@ class AsyncRateLimiter(_Limiter):
             async with asyncio.timeout(self.timeout):
                 result = await script(keys=keys, args=args)
         except redis.RedisError as error:
-            self._failed(operation, error)
+            self.outage.failed(operation, self.clock.now(), error)
             return None
         except TimeoutError:  # ours: redis-py's own timeouts are RedisErrors
-            self._failed(operation, redis.TimeoutError(f"no answer within {self.timeout:g}s"))
+            self.outage.failed(operation, self.clock.now(), redis.TimeoutError(f"no answer within {self.timeout:g}s"))
             return None
-        self._answered()
+        self.outage.answered()
         return result
 
     async def hit(self, key: str, cost: int = 1) -> Decision:
         """Count `cost` units for `key` if they fit; a refused hit is not counted."""
         keys, args = self.keys(key), self._args(cost)
-        if self._resting():
+        if self.outage.resting(self.clock.now()):
             return self._fallback(key, cost)
         result = await self._run(self._script, keys, args, "hit")
         return self._fallback(key, cost) if result is None else self._decided(key, cost, result)
