@@ -1,6 +1,8 @@
 """Rate-limit decisions per second on one real redis-server, in one process, sync and async:
 course_lib.ratelimit (sliding log, GCRA) vs the `limits` library (moving window, sliding-window
-counter) vs a bare PING loop, the one-round-trip ceiling (target: at least 0.9 of it).
+counter) vs a bare PING loop, the one-round-trip ceiling (target: at least 0.9 of it), and vs
+an empty Lua script (`return 1` by EVALSHA): the ceiling for any limiter that decides in one script,
+since redis-py spends more on EVALSHA's arguments and Redis on starting a script than on a PING.
 
     python bench/bench_ratelimit.py [--redis URL] [--decisions 5000]
 
@@ -34,6 +36,7 @@ from local_redis import redis_server  # tools/local_redis.py
 from course_lib.ratelimit import AsyncRateLimiter, RateLimiter
 
 LIMIT, WINDOW, REPEATS = 1_000_000, 60, 10
+EMPTY_SCRIPT = "return 1"  # one key and three arguments, as a limiter decision sends
 
 
 def rate_sync(fn: Callable[[], object], n: int) -> float:
@@ -61,8 +64,10 @@ def sync_contenders(url: str) -> dict[str, Callable[[], object]]:
     client = redis.Redis.from_url(url)
     log = RateLimiter(client, limit=LIMIT, window=WINDOW, name="bench-log")
     gcra = RateLimiter(client, limit=LIMIT, window=WINDOW, algorithm="gcra", name="bench-gcra")
+    empty = client.register_script(EMPTY_SCRIPT)
     contenders: dict[str, Callable[[], object]] = {
-        "ping": client.ping, "course_lib sliding-log": lambda: log.hit("k"), "course_lib gcra": lambda: gcra.hit("k")}
+        "ping": client.ping, "empty script": lambda: empty(keys=["k"], args=[LIMIT, WINDOW, 1]),
+        "course_lib sliding-log": lambda: log.hit("k"), "course_lib gcra": lambda: gcra.hit("k")}
     if limits_version():
         from limits import RateLimitItemPerMinute
         from limits.storage import storage_from_string
@@ -82,8 +87,10 @@ async def async_rates(url: str, n: int) -> dict[str, float]:
     client = redis.asyncio.Redis.from_url(url)
     log = AsyncRateLimiter(client, limit=LIMIT, window=WINDOW, name="abench-log")
     gcra = AsyncRateLimiter(client, limit=LIMIT, window=WINDOW, algorithm="gcra", name="abench-gcra")
+    empty = client.register_script(EMPTY_SCRIPT)
     contenders: dict[str, Callable[[], Awaitable[object]]] = {
-        "ping": client.ping, "course_lib sliding-log": lambda: log.hit("k"), "course_lib gcra": lambda: gcra.hit("k")}
+        "ping": client.ping, "empty script": lambda: empty(keys=["k"], args=[LIMIT, WINDOW, 1]),
+        "course_lib sliding-log": lambda: log.hit("k"), "course_lib gcra": lambda: gcra.hit("k")}
     if limits_version():
         from limits import RateLimitItemPerMinute
         from limits.aio.storage import RedisStorage

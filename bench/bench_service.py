@@ -12,6 +12,10 @@ so each one makes two provider calls (the tool call, then the answer) on both se
 (b) throughput: `--clients` keep-alive connections (one request in flight each, a user each) for
     `--seconds`, through the service and then through the bare route; the issue's target is
     2,000 requests/s for the simulator measured through the service.
+(c) why that target is out of reach here: the CPU one `AsyncOpenAI.chat.completions.create` with
+    the agent's tools costs the calling process (the SDK's request transform and response
+    parsing) and the simulator's CPU per call, measured on one connection; with two calls per
+    request, the machine's cores put a ceiling on requests/s whatever the service does.
 
     python bench/bench_service.py                 # quick (~10 s with start-up)
     python bench/bench_service.py --seconds 5     # full size
@@ -229,6 +233,37 @@ async def throughput(port: int, clients: int, seconds: float) -> dict[str, float
             "non_200": sum(n for s, n in statuses.items() if s != 200)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sdk_call_cost(provider_url: str, sim_pid: int, calls: int = 300) -> dict[str, float]:
+    """(c): CPU milliseconds per SDK call, in this process and in the simulator."""
+    import openai
+
+    from course_lib.service.agent import SYSTEM_PROMPT
+    from course_lib.service.tools import TOOLS
+
+    client = openai.AsyncOpenAI(base_url=provider_url, api_key="sim-key", max_retries=0)
+    history = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Where is my order 1001?"}]
+
+    async def call() -> None:
+        await client.chat.completions.create(model="gpt-4o", max_tokens=512, messages=history,  # type: ignore[arg-type]
+                                             tools=TOOLS)  # type: ignore[arg-type]
+    for _ in range(20):
+        await call()
+    own, sim = time.process_time(), cpu_seconds(sim_pid)
+    for _ in range(calls):
+        await call()
+    own_ms, sim_ms = (time.process_time() - own) / calls * 1000, (cpu_seconds(sim_pid) - sim) / calls * 1000
+    await client.close()
+    cores = os.cpu_count() or 1
+    return {"client_cpu_ms_per_call": own_ms, "simulator_cpu_ms_per_call": sim_ms,
+            "ceiling_rps": cores * 1000 / (2 * (own_ms + sim_ms))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each measured run (full size: 5)")
@@ -259,6 +294,7 @@ def main() -> None:
             added = asyncio.run(latency(service_port, bare_port, args.seconds))
             through_service = asyncio.run(throughput(service_port, args.clients, args.seconds))
             through_bare = asyncio.run(throughput(bare_port, args.clients, args.seconds))
+            cost = asyncio.run(sdk_call_cost(provider_url, sim.pid))
         finally:
             for process in (service, bare, sim):
                 stop(process)
@@ -271,6 +307,9 @@ def main() -> None:
     print(f"(b) {args.clients} keep-alive clients: {through_service['rps']:.0f} requests/s through the service "
           f"({args.workers} worker(s); {2 * through_service['rps']:.0f} provider calls/s), {through_bare['rps']:.0f} "
           f"through the bare route; target {TARGET_RPS}; load average {load:.2f} on {os.cpu_count()} cores")
+    print(f"(c) one SDK call with the agent's tools costs {cost['client_cpu_ms_per_call']:.2f} ms of CPU in the "
+          f"caller and {cost['simulator_cpu_ms_per_call']:.2f} ms in the simulator: at 2 calls per request, "
+          f"{os.cpu_count()} cores serve at most {cost['ceiling_rps']:.0f} requests/s before any guard runs")
     rounded: Callable[[dict[str, float]], dict[str, float]] = lambda d: {k: round(v, 3) for k, v in d.items()}
     print(json.dumps({
         "bench": "service", "seconds_per_run": args.seconds, "clients": args.clients, "workers": args.workers,
@@ -280,6 +319,7 @@ def main() -> None:
                                "added_p50_ms": round(added["service"]["p50_ms"] - added["bare"]["p50_ms"], 3),
                                "added_p99_ms": round(added["service"]["p99_ms"] - added["bare"]["p99_ms"], 3)},
         "throughput": {"service": rounded(through_service), "bare": rounded(through_bare)},
+        "sdk_call_cost": rounded(cost),
         "target_rps": TARGET_RPS, "service_meets_target": through_service["rps"] >= TARGET_RPS,
     }))
 

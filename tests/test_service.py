@@ -165,6 +165,22 @@ def test_a_full_outage_gets_the_static_degraded_answer_and_spends_nothing() -> N
     assert (status.spent_usd, status.reserved_usd) == (0.0, 0.0)  # the reservation was settled at $0
 
 
+def test_workers_sharing_a_store_share_the_breaker_so_one_outage_opens_it_for_all() -> None:
+    """Two apps on one (fake) Redis are two workers: the failures worker A sees open gpt-4o's
+    breaker, and worker B then goes straight to the fallback without calling gpt-4o once."""
+    store, plan = fakeredis.FakeServer(), {"faults": [{**OUTAGE, "models": ["gpt-4o"]}]}
+    settings = Settings(api_keys={ALICE: "alice"}, retry_attempts=1, retry_base_delay=0.0, breaker_failures=3)
+    provider_a, provider_b = SimProvider(plan), SimProvider(plan)
+    workers = [TestClient(create_app(settings, provider=provider, redis=fakeredis.FakeAsyncRedis(server=store)))
+               for provider in (provider_a, provider_b)]
+    with workers[0] as a, workers[1] as b:
+        handlers_a = [post(a, ORDER).json()["handler"] for _ in range(4)]
+        handler_b = post(b, ORDER).json()["handler"]
+    assert provider_a.calls("gpt-4o") == 3  # the threshold; then A's breaker is open too
+    assert (handlers_a, handler_b) == (["gpt-4o-mini"] * 4, "gpt-4o-mini")
+    assert provider_b.calls("gpt-4o") == 0
+
+
 def test_without_the_static_fallback_an_outage_is_503() -> None:
     with client_for({"faults": [OUTAGE]}, static_fallback=False) as client:
         response = post(client, ORDER)

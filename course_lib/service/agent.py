@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from redis.asyncio import Redis as AsyncRedis
 
 from ..breaker import BreakerPolicy, CircuitBreaker
+from ..breaker_redis import AsyncRedisState
 from ..clock import SYSTEM_CLOCK, Clock
 from ..events import EventSink
 from ..fallback import FallbackChain, Handler
@@ -56,11 +58,13 @@ class _Turn:
 
 class SupportAgent:
     """Runs the loop against `client` (an `openai.AsyncOpenAI`, SDK retries off). Breakers live as
-    long as the agent, so one outage is remembered across requests (per process)."""
+    long as the agent, so one outage is remembered across requests. With a `store` (a
+    `redis.asyncio` client) each model's breaker state lives in Redis, so every worker sees the
+    same outage; without one it is this process's own."""
 
     def __init__(self, client: openai.AsyncOpenAI, settings: Settings, *, clock: Clock = SYSTEM_CLOCK,
-                 on_event: EventSink | None = None) -> None:
-        self.client, self.settings, self.clock, self.on_event = client, settings, clock, on_event
+                 on_event: EventSink | None = None, store: AsyncRedis | None = None) -> None:
+        self.client, self.settings, self.clock, self.on_event, self.store = client, settings, clock, on_event, store
         self._breakers: dict[str, CircuitBreaker] = {}
         self._policy = BreakerPolicy(failure_threshold=settings.breaker_failures,
                                      open_seconds=settings.breaker_open_seconds)
@@ -74,7 +78,10 @@ class SupportAgent:
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self._breakers:
-            self._breakers[model] = CircuitBreaker(self._policy, clock=self.clock, on_event=self.on_event, name=model)
+            state = None if self.store is None else AsyncRedisState(
+                self.store, model, self._policy, on_event=self.on_event, timeout=self.settings.redis_timeout)
+            self._breakers[model] = CircuitBreaker(self._policy, clock=self.clock, on_event=self.on_event, name=model,
+                                                   state=state)
         return self._breakers[model]
 
     def chain(self, model: str) -> FallbackChain:

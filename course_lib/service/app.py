@@ -110,7 +110,7 @@ class Service:
                         on_redis_error=settings.budget_on_redis_error,  # type: ignore[arg-type]
                         timeout=settings.redis_timeout)
             for name, limit in (("user", settings.user_daily_budget_usd), ("global", settings.global_daily_budget_usd)))
-        self.agent = SupportAgent(client, settings, clock=clock, on_event=on_event)
+        self.agent = SupportAgent(client, settings, clock=clock, on_event=on_event, store=store)
         self._system_tokens = count_tokens(SYSTEM_PROMPT, settings.model) + 4
 
     def _limiter(self, store: AsyncRedis, name: str, limit: int, algorithm: str) -> AsyncRateLimiter:
