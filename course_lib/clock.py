@@ -12,9 +12,12 @@ import heapq
 import itertools
 import threading
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "SYSTEM_CLOCK"]
+T = TypeVar("T")
+
+__all__ = ["Clock", "SystemClock", "VirtualClock", "SYSTEM_CLOCK", "wait_for"]
 
 
 @runtime_checkable
@@ -126,3 +129,23 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now:g})"
+
+
+async def wait_for(clock: Clock, awaitable: Awaitable[T], seconds: float) -> T:
+    """`asyncio.wait_for` on an injected clock: the result of `awaitable`, or TimeoutError after
+    `seconds` on `clock` (the awaitable is then cancelled and waited for). `asyncio.wait_for`
+    times on the event loop's own clock, which a VirtualClock does not move."""
+    if seconds < 0:
+        raise ValueError(f"seconds must be >= 0, got {seconds}")
+    work = asyncio.ensure_future(awaitable)
+    timer = asyncio.ensure_future(clock.asleep(seconds))
+    try:
+        await asyncio.wait((work, timer), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    if work.cancelled() and not timer.cancelled() and timer.done():
+        raise TimeoutError(f"no result within {seconds:g}s")
+    return work.result()
