@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 __all__ = ["Event", "EventSink", "Recorder", "Attempt", "Wait", "GiveUp", "StateChange", "Rejected", "CallOutcome",
            "StoreFallback", "FallbackStep", "TextCleaned", "TurnsDropped", "InputRejected", "Screened", "Redacted",
-           "LinkRemoved", "Truncated", "RepairAttempt", "OutputVerdict", "LimitChecked", "BudgetChanged"]
+           "LinkRemoved", "Truncated", "RepairAttempt", "OutputVerdict", "LimitChecked", "BudgetChanged",
+           "DeadlineCut", "StreamCut", "CheckRan", "ReadinessChanged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,53 @@ class BudgetChanged(Event):
     amount_usd: float
     spent_usd: float
     limit_usd: float
+
+
+# --- timeouts --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeadlineCut(Event):
+    """A run's deadline ran out at `stage` (e.g. "model", "tool", "retry wait", "stream"):
+    `budget` is the run's whole allowance in seconds, `elapsed` the time used when it was cut,
+    `detail` what was cut off."""
+
+    stage: str
+    budget: float
+    elapsed: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCut(Event):
+    """A stream was cut for `reason` ("first_token", "idle", "total" or "deadline") after
+    waiting `limit` seconds; `pieces` and `characters` say how much had arrived."""
+
+    reason: str
+    limit: float
+    pieces: int
+    characters: int
+
+
+# --- health and readiness ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CheckRan(Event):
+    """A readiness check answered: `status` is "ok", "degraded" or "failed"; `cached` when the
+    answer came from the cache instead of a probe; `latency` is the probe's own time."""
+
+    check: str
+    status: str
+    latency: float
+    cached: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessChanged(Event):
+    """The overall readiness moved from `previous` to `current` ("ready", "degraded",
+    "not_ready"); `reason` names the checks (or the shutdown) that moved it."""
+
+    previous: str
+    current: str
+    reason: str = ""
 
 
 class Recorder:
