@@ -13,11 +13,11 @@ import itertools
 import threading
 import time
 from collections.abc import Awaitable
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
-__all__ = ["Clock", "SystemClock", "VirtualClock", "SYSTEM_CLOCK", "wait_for"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock", "VirtualClock", "wait_for"]
 
 
 @runtime_checkable
@@ -108,11 +108,20 @@ class VirtualClock:
             loop.call_soon(self._jump, loop, 0)
 
     def _jump(self, loop: asyncio.AbstractEventLoop, spins: int) -> None:
+        # Forget the sleepers nobody waits for any more (a timer that lost its race, a task
+        # cancelled mid-sleep, a loop that has ended): a clock with none left keeps no jump
+        # pending, so an idle clock never holds up another one on the same loop.
+        while self._sleepers and _gone(self._sleepers[0][2], loop):
+            heapq.heappop(self._sleepers)
+        if not self._sleepers:
+            self._jump_pending_on = None
+            return
         # Let every runnable task go first: it may be about to sleep for less than the
         # current earliest sleeper. CPython's loop exposes its ready queue; other loops get a
-        # bounded number of passes instead.
+        # bounded number of passes instead. Other clocks' jumps do not count as runnable work,
+        # or two clocks on one loop would each wait for the other for ever.
         ready = getattr(loop, "_ready", None)
-        if (len(ready) > 0) if ready is not None else spins < 100:
+        if _busy(ready) if ready is not None else spins < 100:
             loop.call_soon(self._jump, loop, spins + 1)
             return
         self._jump_pending_on = None
@@ -129,6 +138,16 @@ class VirtualClock:
 
     def __repr__(self) -> str:
         return f"VirtualClock(now={self._now:g})"
+
+
+def _gone(wake: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> bool:
+    return wake.cancelled() or wake.get_loop() is not loop
+
+
+def _busy(ready: Any) -> bool:
+    """True if the loop's ready queue holds anything but VirtualClock jumps."""
+    return any(getattr(getattr(handle, "_callback", None), "__func__", None) is not VirtualClock._jump
+               for handle in ready)
 
 
 async def wait_for(clock: Clock, awaitable: Awaitable[T], seconds: float) -> T:

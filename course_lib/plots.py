@@ -33,7 +33,7 @@ REJECTED, IGNORED = "#f29e4c", "#5c6f91"
 STATE_COLOURS = {"closed": "#e3f2e6", "open": "#f8d7da", "half-open": "#fff3cd"}
 # One colour per kind of fault, the same on every chart; a window's row says which model it hit.
 FAULT_COLOURS = {"outage": "#f4cdd2", "rate_limit": "#fde2c4", "quota": "#f3e6b3", "capacity": "#ddd3ef",
-                 "hang": "#d6e4f0", "drop": "#d9ece4"}
+                 "hang": "#d6e4f0", "drop": "#d9ece4", "slow_stream": "#e8dff5"}
 OTHER_FAULT = "#e2e2e2"
 REAL_ANSWER_COLOURS = ("#1f4e79", "#4a90c2", "#9cc3e4")
 DEGRADED_COLOURS = ("#e07a1f", "#8d99ae", "#c9a227")
@@ -66,6 +66,8 @@ def _describe(fault: Any, name_models: bool) -> str:
         "capacity": lambda: f"over {fault.per_second}/s: {fault.status}",
         "hang": lambda: "hangs",
         "drop": lambda: "dropped connections",
+        "slow_stream": lambda: "slow streams" if fault.stall_after is None else
+                               f"streams stall after {fault.stall_after} chunks",
     }[kind]()
     if fault.rate < 1:
         text += f", {fault.rate:.0%} of calls"

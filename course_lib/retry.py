@@ -8,8 +8,9 @@
 Works on `def` and `async def` callables alike. Only transient failures are retried (429 but
 not an exhausted quota, 408, 409, 5xx, connection errors, timeouts); a server's Retry-After is
 honoured (a longer one than the policy accepts ends the retries); an overall deadline bounds
-the waiting; an optional `RetryBudget` stops a fleet of clients from turning an outage into a
-retry storm. Build the OpenAI client with `max_retries=0` (see `course_lib.llm`) or every
+the waiting; a `time_left` hook (e.g. `course_lib.timeouts.time_left`) lets the run's own deadline
+stop the retries too; an optional `RetryBudget` stops a fleet of clients from turning an outage
+into a retry storm. Build the OpenAI client with `max_retries=0` (see `course_lib.llm`) or every
 retry here multiplies the SDK's own.
 """
 
@@ -227,25 +228,53 @@ class _Run:
                 delay = self.previous_delay = policy.backoff(self.attempt, self.previous_delay, r.rng)
             if why == "retry-after" and delay > policy.max_retry_after:
                 give_up = "retry-after-too-long"
-            elif policy.deadline is not None and now + delay - self.started > policy.deadline:
+            elif (policy.deadline is not None and now + delay - self.started > policy.deadline) \
+                    or self.wait_outlasts_time_left(delay):
                 give_up = "deadline"
             elif r.budget is not None and not r.budget.try_spend():
                 give_up = "budget"
 
         if give_up is not None:
-            if emit is not None:
-                emit(GiveUp(now, r.name, self.call_id, self.attempt, give_up, _describe(exc)[0]))
-            if give_up != "not-retryable":
-                exc.add_note(f"course_lib.retry '{r.name}': gave up after {self.attempt} attempt(s) ({give_up})")
+            self.give_up(exc, give_up, now)
             return None
         if emit is not None:
             emit(Wait(now, r.name, self.call_id, self.attempt, delay, why))
         return delay
 
+    def give_up(self, exc: Exception, reason: str, now: float) -> None:
+        r = self.retrier
+        if r.on_event is not None:
+            r.on_event(GiveUp(now, r.name, self.call_id, self.attempt, reason, _describe(exc)[0]))
+        if reason != "not-retryable":
+            exc.add_note(f"course_lib.retry '{r.name}': gave up after {self.attempt} attempt(s) ({reason})")
+
+    def wait_outlasts_time_left(self, delay: float) -> bool:
+        """Whether a wait of `delay` would end at or after the caller's deadline (`time_left`)."""
+        hook = self.retrier.time_left
+        left = hook() if hook is not None else None
+        return left is not None and delay >= left
+
+    def out_of_time(self, exc: Exception) -> bool:
+        """After a wait: whether `time_left` says no attempt may start now (0 or less left); if so
+        the give-up is recorded, and the caller re-raises `exc`."""
+        hook = self.retrier.time_left
+        left = hook() if hook is not None else None
+        if left is None or left > 0:
+            return False
+        self.give_up(exc, "deadline", self.retrier.clock.now())
+        return True
+
 
 class Retrier(CallWrapper):
     """Runs callables under a `RetryPolicy`. Use `call(fn, ...)` once, or `wrap(fn)` (also
     spelled `@retrier`) to get a function that retries every time; both accept sync and async.
+
+    `time_left`: seconds left before the caller's own deadline, or None for none (asked after
+    every failure; `course_lib.timeouts.time_left` reads the current `deadline_scope`). A wait
+    that would end at or after that deadline is not started: the retrier gives up at once
+    (GiveUp "deadline", the last error re-raised), as for the policy's own deadline; and no
+    retry starts with nothing left. The first attempt is the caller's: code under a deadline
+    checks it before its call (`Deadline.timeout` raises DeadlineExceeded, without a request).
     """
 
     def __init__(
@@ -258,10 +287,12 @@ class Retrier(CallWrapper):
         on_event: EventSink | None = None,
         seed: int | None = None,
         name: str = "retry",
+        time_left: Callable[[], float | None] | None = None,
     ) -> None:
         self.policy = policy or RetryPolicy()
         self.retry_on = retry_on
         self.budget = budget
+        self.time_left = time_left
         self.clock = clock
         self.on_event = on_event
         self.rng = random.Random(seed)
@@ -278,6 +309,9 @@ class Retrier(CallWrapper):
                 delay = run.failed(exc, t0)
                 if delay is None:
                     raise
+                self.clock.sleep(delay)
+                if run.out_of_time(exc):
+                    raise
             else:
                 if inspect.iscoroutine(result):
                     # An async callable that does not look like one (a lambda returning a
@@ -285,7 +319,6 @@ class Retrier(CallWrapper):
                     return self._call_async(fn, args, kwargs, run, (t0, result))  # type: ignore[arg-type,return-value]
                 run.succeeded(t0)
                 return result
-            self.clock.sleep(delay)
 
     async def _call_async(
         self,
@@ -308,10 +341,12 @@ class Retrier(CallWrapper):
                 delay = run.failed(exc, t0)
                 if delay is None:
                     raise
+                await self.clock.asleep(delay)
+                if run.out_of_time(exc):
+                    raise
             else:
                 run.succeeded(t0)
                 return result
-            await self.clock.asleep(delay)
 
     def __repr__(self) -> str:
         return f"Retrier({self.policy!r}, name={self.name!r})"

@@ -67,3 +67,17 @@ async def test_cancelling_the_waiter_cancels_the_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert seen == ["cancelled"]
+
+
+async def test_an_idle_clock_does_not_hold_up_another_on_the_same_loop() -> None:
+    first, second = VirtualClock(), VirtualClock()
+    with pytest.raises(TimeoutError):
+        await wait_for(first, first.asleep(600), 1.0)  # leaves a cancelled sleeper on `first`
+    await asyncio.wait_for(second.asleep(5), timeout=2)  # real-time guard: it hung for ever
+    assert second.now() == 5
+
+
+async def test_two_clocks_in_use_at_once_both_move() -> None:
+    first, second = VirtualClock(), VirtualClock()
+    await asyncio.wait_for(asyncio.gather(first.asleep(3), second.asleep(7)), timeout=2)
+    assert (first.now(), second.now()) == (3, 7)

@@ -37,6 +37,14 @@ def legend_labels(ax) -> list[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
+def test_fault_windows_name_slow_and_stalling_streams() -> None:
+    plan = FaultPlan.model_validate({"faults": [
+        {"kind": "slow_stream", "start": 1, "end": 2, "first_token_seconds": 2, "stall_after": 3},
+        {"kind": "slow_stream", "start": 3, "end": 4, "chunk_seconds": 0.5}]})
+    assert [(w.label, w.kind) for w in fault_windows(plan)] == [
+        ("streams stall after 3 chunks", "slow_stream"), ("slow streams", "slow_stream")]
+
+
 def test_fault_windows_label_each_failure_and_leave_latency_out() -> None:
     assert [(w.start, w.end, w.label) for w in fault_windows(PLAN)] == [
         (0, 1, "503 outage"), (0.5, 3, "429 rate limit (Retry-After 2 s)")]

@@ -500,3 +500,103 @@ def test_decorrelated_jitter_draws_up_to_three_times_the_previous_wait() -> None
     assert 1 <= min(waits) and max(waits) <= 30
     above_double = sum(w > 20 for w in waits) / len(waits)
     assert above_double == pytest.approx(10 / 29, abs=0.03)  # uniform(1, 30): a third lies above 2 x 10
+
+
+# --- a caller's deadline (time_left) ---------------------------------------------------------
+def until(clock: VirtualClock, at: float):
+    """A time_left hook for a deadline at clock time `at`."""
+    return lambda: max(0.0, at - clock.now())
+
+
+def test_time_left_stops_before_a_wait_that_would_end_past_the_deadline() -> None:
+    clock = VirtualClock()
+    retrier, events = make(RetryPolicy(max_attempts=6, base_delay=0.5, jitter="none", deadline=None), clock,
+                           time_left=until(clock, 2.0))
+    fn = Script(*[status_error(503)] * 5, clock=clock)
+    with pytest.raises(openai.InternalServerError) as raised:
+        retrier.call(fn)
+    assert fn.calls == [0, 0.5, 1.5]  # waits of 0.5 and 1.0; the next (2.0) would end at 3.5, past 2.0
+    assert clock.now() == 1.5
+    assert [w.delay for w in events.of(Wait)] == [0.5, 1.0]
+    assert [(g.t, g.attempts, g.reason) for g in events.of(GiveUp)] == [(1.5, 3, "deadline")]
+    assert raised.value.__notes__ == ["course_lib.retry 'retry': gave up after 3 attempt(s) (deadline)"]
+
+
+def test_a_wait_ending_exactly_at_the_deadline_is_not_started() -> None:
+    clock = VirtualClock()
+    retrier, events = make(RetryPolicy(max_attempts=6, base_delay=0.5, jitter="none", deadline=None), clock,
+                           time_left=until(clock, 1.5))
+    fn = Script(*[status_error(503)] * 5, clock=clock)
+    with pytest.raises(openai.InternalServerError):
+        retrier.call(fn)
+    assert fn.calls == [0, 0.5] and clock.now() == 0.5  # 1.0 left, and the wait would be 1.0
+    assert [g.reason for g in events.of(GiveUp)] == ["deadline"]
+
+
+def test_without_a_deadline_time_left_none_leaves_the_policy_in_charge() -> None:
+    clock = VirtualClock()
+    retrier, events = make(RetryPolicy(max_attempts=4, base_delay=0.5, jitter="none", deadline=None), clock,
+                           time_left=lambda: None)
+    fn = Script(*[status_error(503)] * 5, clock=clock)
+    with pytest.raises(openai.InternalServerError):
+        retrier.call(fn)
+    assert fn.calls == [0, 0.5, 1.5, 3.5]
+    assert [g.reason for g in events.of(GiveUp)] == ["max-attempts"]
+
+
+def test_no_attempt_starts_when_the_wait_left_nothing() -> None:
+    """A hook that reports 0 after a wait (a real clock overshooting, a deadline moved): the
+    retrier does not start the attempt, and re-raises the last error."""
+    clock = VirtualClock()
+    answers = iter([5.0, 0.0])
+    retrier, events = make(RetryPolicy(max_attempts=4, base_delay=1.0, jitter="none", deadline=None), clock,
+                           time_left=lambda: next(answers))
+    fn = Script(status_error(502), clock=clock)
+    with pytest.raises(openai.InternalServerError) as raised:
+        retrier.call(fn)
+    assert fn.calls == [0] and clock.now() == 1.0
+    assert [type(e).__name__ for e in events] == ["Attempt", "Wait", "GiveUp"]
+    assert events.of(GiveUp)[0].t == 1.0 and events.of(GiveUp)[0].reason == "deadline"
+    assert raised.value.status_code == 502
+
+
+def test_a_non_retryable_error_is_not_charged_to_the_deadline() -> None:
+    clock = VirtualClock()
+    retrier, events = make(RetryPolicy(), clock, time_left=until(clock, 0.1))
+    with pytest.raises(openai.BadRequestError):
+        retrier.call(Script(status_error(400), clock=clock))
+    assert [g.reason for g in events.of(GiveUp)] == ["not-retryable"]
+
+
+async def test_async_time_left_gives_up_at_the_same_virtual_times() -> None:
+    clock = VirtualClock()
+    recorder = Recorder()
+    calls: list[float] = []
+
+    @retry(policy=RetryPolicy(max_attempts=6, base_delay=0.5, jitter="none", deadline=None), clock=clock,
+           on_event=recorder, time_left=until(clock, 2.0))
+    async def flaky() -> str:
+        calls.append(clock.now())
+        await clock.asleep(0.25)
+        raise status_error(503)
+
+    with pytest.raises(openai.InternalServerError):
+        await flaky()
+    # attempts take 0.25 s: the first fails at 0.25 and waits 0.5; the second fails at 1.0, with 1.0 left
+    # for a wait of 1.0: it would end at the deadline, so it is not started
+    assert calls == [0, 0.75]
+    assert [w.delay for w in recorder.of(Wait)] == [0.5]
+    assert [(g.t, g.attempts, g.reason) for g in recorder.of(GiveUp)] == [(1.0, 2, "deadline")]
+
+
+async def test_async_real_sdk_under_an_outage_stops_at_the_deadline() -> None:
+    clock = VirtualClock()
+    provider = SimProvider({"faults": [{"kind": "outage"}, {"kind": "latency", "seconds": 0.25}]}, clock=clock)
+    client = make_async_client(provider)
+    retrier, recorder = make(RetryPolicy(max_attempts=10, base_delay=1.0, jitter="none", deadline=None), clock,
+                           time_left=until(clock, 5.0))
+    with pytest.raises(openai.InternalServerError):
+        await retrier.call(client.chat.completions.create, model="gpt-4o-mini",
+                           messages=[{"role": "user", "content": "hi"}])
+    assert [c.t for c in provider.log] == [0, 1.25, 3.5]  # 0.25 s per attempt, waits of 1 and 2
+    assert clock.now() == 3.75 and [g.reason for g in recorder.of(GiveUp)] == ["deadline"]  # a 4 s wait: past 5

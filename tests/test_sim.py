@@ -69,6 +69,23 @@ def test_models_endpoint_lists_the_model_table() -> None:
     assert client.models.retrieve("gpt-4o").id == "gpt-4o"
 
 
+def test_listing_the_models_fails_in_a_whole_api_outage_but_not_in_one_models() -> None:
+    client, provider, clock = client_for([{"kind": "outage", "start": 0, "end": 10},
+                                          {"kind": "outage", "start": 10, "end": 20, "models": ["gpt-4o"]}])
+    with pytest.raises(openai.InternalServerError):
+        client.models.list()
+    clock.advance(10)
+    assert len(client.models.list().data) == len(MODELS)  # gpt-4o's outage is not the API's
+    assert provider.log == []  # listing is not billed, so not logged
+
+
+def test_listing_the_models_hangs_with_the_api() -> None:
+    client, _, clock = client_for([{"kind": "hang", "seconds": 600}])
+    with pytest.raises(openai.APITimeoutError):
+        client.models.list(timeout=2.0)
+    assert clock.now() == pytest.approx(2.0)
+
+
 def test_prices_follow_the_model_table() -> None:
     assert cost_usd("gpt-4o", 1_000_000, 0) == 2.50
     assert cost_usd("gpt-4o-mini", 1_000, 1_000) == pytest.approx((0.15 + 0.60) / 1000)

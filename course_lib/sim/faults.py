@@ -8,12 +8,14 @@ Times are seconds since the provider was created, on its injected clock. Each fa
         {"kind": "outage", "start": 0, "end": 30, "status": 503},
         {"kind": "rate_limit", "start": 30, "end": 40, "retry_after": 2},
         {"kind": "latency", "seconds": 0.8, "models": ["gpt-4o"]},
+        {"kind": "slow_stream", "first_token_seconds": 2, "chunk_seconds": 0.05, "stall_after": 3},
         {"kind": "invalid_json", "start": 40, "rate": 0.2}]}
 
-Two families. Transport faults (outage, rate_limit, quota, capacity, latency, hang, drop) decide
-whether and when a request is answered; they cover moderation requests too unless `models` says
-otherwise. Output faults (invalid_json, schema_violation, truncated, refusal, leaky) answer 200
-but change what a chat completion says: the bad output that output validation must catch.
+Two families. Transport faults (outage, rate_limit, quota, capacity, latency, hang, drop,
+slow_stream) decide whether and when a request is answered; they cover moderation requests too
+unless `models` says otherwise (slow_stream only ever paces streamed chat completions). Output
+faults (invalid_json, schema_violation, truncated, refusal, leaky) answer 200 but change what a
+chat completion says: the bad output that output validation must catch.
 
 Apart from the faults, `key_limits` gives every API key (or the listed ones) a request and a token
 quota per minute, which chat completions report in OpenAI's `x-ratelimit-*` headers and enforce
@@ -41,7 +43,7 @@ from pydantic import (
 from .models import MODELS
 from .moderation import MODERATION_MODELS
 
-__all__ = ["FaultPlan", "FaultPlanError", "Fault", "KeyLimits", "OUTPUT_KINDS", "LEAKS"]
+__all__ = ["FaultPlan", "FaultPlanError", "Fault", "KeyLimits", "SlowStream", "OUTPUT_KINDS", "LEAKS"]
 
 Leak = Literal["secret", "personal", "image", "link"]
 LEAKS: tuple[Leak, ...] = ("secret", "personal", "image", "link")
@@ -131,6 +133,40 @@ class Drop(_Fault):
     kind: Literal["drop"] = "drop"
 
 
+class SlowStream(_Fault):
+    """Paces a streamed chat completion (stream=True; other requests are left alone): the
+    response head comes as usual, the first chunk `first_token_seconds` after it, each later
+    chunk `chunk_seconds` after the previous one. After `stall_after` content chunks (those
+    carrying text or tool-call pieces; the opening chunk says only the role) the stream stalls
+    for `stall_seconds`, then goes on; a client that gave up meanwhile finds the connection
+    closed. Combines with the other faults as latency does: a request another fault refuses is
+    refused, and latency still delays the head."""
+
+    kind: Literal["slow_stream"] = "slow_stream"
+    first_token_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    chunk_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    stall_after: int | None = Field(None, ge=0)
+    stall_seconds: float = Field(600.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("models")
+    @classmethod
+    def _chat_models_only(cls, models: list[str] | None) -> list[str] | None:
+        moderation = sorted(set(models or ()) & set(MODERATION_MODELS))
+        if moderation:
+            raise ValueError(f"slow_stream paces streamed chat completions only, not moderation model(s) "
+                             f"{moderation}")
+        return models
+
+    def delays(self, chunks: int, trailing: int) -> list[float]:
+        """Seconds to wait before each of `chunks` server-sent events, of which the last
+        `trailing` (finish reason, usage, [DONE]) are not content."""
+        waits = [self.first_token_seconds] + [self.chunk_seconds] * (chunks - 1)
+        content = chunks - 1 - trailing  # events 1 .. content carry the pieces
+        if self.stall_after is not None and self.stall_after <= content:
+            waits[self.stall_after + 1] = self.stall_seconds  # instead of chunk_seconds
+        return waits
+
+
 class _OutputFault(_Fault):
     """Changes the content of a chat completion that would have succeeded (status 200 either
     way); a request refused by a transport fault, and any moderation request, is left alone."""
@@ -192,7 +228,7 @@ class Leaky(_OutputFault):
 OUTPUT_KINDS = frozenset({"invalid_json", "schema_violation", "truncated", "refusal", "leaky"})
 
 Fault = Annotated[
-    Outage | RateLimit | Quota | Capacity | Latency | Hang | Drop
+    Outage | RateLimit | Quota | Capacity | Latency | Hang | Drop | SlowStream
     | InvalidJson | SchemaViolation | Truncated | Refusal | Leaky,
     Field(discriminator="kind"),
 ]
@@ -223,7 +259,8 @@ class KeyLimits(BaseModel):
 
 class FaultPlan(BaseModel):
     """A seeded list of faults; the first transport fault (in order) that applies to a request
-    decides its fate, except latency, which adds its delay and lets the next ones decide.
+    decides its fate, except latency, which adds its delay and lets the next ones decide, and
+    slow_stream, which paces a streamed reply that is answered (the first one that applies).
 
     Output faults act afterwards, on a chat completion that is answered 200: the first one (in
     order) that applies changes the content, and is logged as the call's `fault`:

@@ -1,9 +1,10 @@
 """SimProvider: an OpenAI-compatible chat and moderation provider whose failures are scripted.
 
 `handle()` turns one HTTP request into a `SimReply` (status, headers, body, or an instruction to
-delay, hang or drop) without doing any I/O itself; the in-process transport and the HTTP server
-carry the reply out. Replies use the real wire format, so the openai SDK parses them and raises
-its real exception classes. Every request is logged in `provider.log`.
+delay, hang or drop; for a slow stream, the wait before each chunk) without doing any I/O itself;
+the in-process transport and the HTTP server carry the reply out. Replies use the real wire
+format, so the openai SDK parses them and raises its real exception classes. Every request is
+logged in `provider.log`.
 
 Endpoints: `POST /v1/chat/completions` (text, `response_format` json_object and json_schema,
 tool calls, streaming), `POST /v1/moderations`, `GET /v1/models[/name]`. What a reply says comes
@@ -13,6 +14,7 @@ from `content.py` and `tools.py`; what goes wrong, from the fault plan (`faults.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -24,7 +26,7 @@ from typing import Any, Literal
 
 from ..clock import SYSTEM_CLOCK, Clock
 from . import content, tools
-from .faults import OUTPUT_KINDS, FaultPlan, KeyLimits
+from .faults import OUTPUT_KINDS, FaultPlan, KeyLimits, SlowStream
 from .models import MODELS, encoding_for, text_pieces, whole_text
 from .moderation import classify, validate_moderation
 from .requests import ApiError, bearer_key, validate_chat
@@ -44,6 +46,9 @@ class SimReply:
     body: bytes = b""
     chunks: list[bytes] | None = None
     """Server-sent events for a streamed completion (the body is then empty)."""
+    chunk_delays: list[float] | None = None
+    """Seconds to wait before each chunk (a slow_stream fault), the first counted from the
+    response head; None sends them all at once."""
     delay: float = 0.0
     action: Literal["respond", "hang", "drop"] = "respond"
     hang_seconds: float = 0.0
@@ -57,7 +62,8 @@ class SimReply:
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     """One request as the provider saw it; status is None for a hang or a drop. `fault` names the
-    fault that decided it, or the output fault that changed a 200 reply (e.g. "leaky"). A
+    fault that decided it, or the output fault that changed a 200 reply (e.g. "leaky"), or else
+    "slow_stream" for a streamed reply that fault paced. A
     moderation request has its moderation model and no tokens (moderation is not billed)."""
 
     t: float
@@ -201,17 +207,25 @@ class SimProvider:
         if method == "POST" and path == "/moderations":
             return self._moderation(headers, body, t, request_id)
         if method == "GET" and path == "/models":
-            return self._ok({"object": "list", "data": [self._model_card(name) for name in MODELS]})
+            return self._listing({"object": "list", "data": [self._model_card(name) for name in MODELS]}, t)
         if method == "GET" and path.startswith("/models/"):
             name = path.removeprefix("/models/")
             if name not in MODELS:
                 raise ApiError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found")
-            return self._ok(self._model_card(name))
+            return self._listing(self._model_card(name), t)
         raise ApiError(404, f"Invalid URL ({method} {asked})")
 
-    @staticmethod
-    def _ok(data: Any) -> SimReply:
-        return SimReply(200, {"content-type": "application/json"}, _json(data))
+    def _listing(self, data: Any, t: float) -> SimReply:
+        """`GET /v1/models[/name]`: not billed, so not in `log`; but a transport fault that names
+        no models (the whole API down, slow or hanging) applies to it as to chat, so a readiness
+        probe that lists the models sees such an outage. A fault for some models only does not."""
+        fault = self._fault_for("", t)
+        delay = fault.pop("delay")
+        if "action" in fault:
+            return SimReply(delay=delay, action=fault["action"], hang_seconds=fault.get("hang_seconds", 0.0))
+        if "error" in fault:
+            return SimReply.refusal(fault["error"], delay)
+        return SimReply(200, {"content-type": "application/json"}, _json(data), delay=delay)
 
     @staticmethod
     def _model_card(name: str) -> dict[str, Any]:
@@ -270,6 +284,8 @@ class SimProvider:
         else:
             assert found is not None
             reply, completion_tokens = self._text_reply(request, found, t, request_id, refused)
+        if reply.chunks is not None:
+            self._pace(reply, request, t)
         if key is not None and self.quotas is not None and limit is None:
             self.quotas.charge(key, t, completion_tokens)
         return reply
@@ -384,6 +400,21 @@ class SimProvider:
         self.log.append(CallRecord(t, model, error.status, kind, prompt_tokens))
         return SimReply.refusal(error, delay)
 
+    def _pace(self, reply: SimReply, request: dict[str, Any], t: float) -> None:
+        """Give a streamed reply the chunk delays of the first slow_stream fault that applies (a
+        rate below 1 draws only here, for streams); the log names it unless an output fault does."""
+        assert reply.chunks is not None
+        for fault in self.plan.faults:
+            if not isinstance(fault, SlowStream) or not fault.covers(t, request["model"]):
+                continue
+            if fault.rate < 1 and self._rng.random() >= fault.rate:
+                continue
+            usage = bool((request.get("stream_options") or {}).get("include_usage"))
+            reply.chunk_delays = fault.delays(len(reply.chunks), trailing=2 + usage)  # finish, [usage], [DONE]
+            if self.log and self.log[-1].fault is None:
+                self.log[-1] = dataclasses.replace(self.log[-1], fault="slow_stream")
+            return
+
     def _output_fault_for(self, model: str, t: float) -> Any:
         """The first output fault (in plan order) that changes this 200 reply, if any; a rate below 1
         draws from the seeded generator only here, for replies it could change."""
@@ -429,7 +460,7 @@ class SimProvider:
         latency fault that applies, wherever it stands in the plan."""
         delay, decision = 0.0, None
         for index, fault in enumerate(self.plan.faults):
-            if fault.kind in OUTPUT_KINDS:
+            if fault.kind in OUTPUT_KINDS or fault.kind == "slow_stream":
                 continue  # acts later, on a reply that is answered
             if (decision is not None and fault.kind != "latency") or not fault.covers(t, model):
                 continue

@@ -5,7 +5,8 @@ A small HTTP/1.1 server on asyncio streams rather than an ASGI app, because a fa
 able to drop a connection without any response, which ASGI cannot express. One event loop serves
 every connection (no thread per connection, so hundreds of clients cost little and `close()` can
 abandon hanging requests at once). `SimProvider.handle` does the work and no I/O; it runs inline
-on the loop (about 0.2 ms for a small request, and it holds the provider's lock anyway).
+on the loop (about 0.2 ms for a small request, and it holds the provider's lock anyway). Delays,
+hangs and the pace of a slow stream are real time here, whatever clock the provider has.
 
     with serve(SimProvider(plan)) as server:       # background thread, free port
         client = openai.OpenAI(base_url=server.url, api_key="any")
@@ -169,13 +170,32 @@ class SimServer:
         self._log(writer, f"{method} {target} {version}", reply.status)
         if reply.chunks is not None:  # a stream: its end is the end of the connection
             writer.write(self._encode(reply, close=True, body=False))
-            for chunk in reply.chunks:
+            await writer.drain()
+            for chunk, delay in zip(reply.chunks, reply.chunk_delays or [0.0] * len(reply.chunks)):
+                if delay and not await self._client_waits(reader, delay):
+                    return False  # it gave up on a slow stream: close without sending the rest
                 writer.write(chunk)
                 await writer.drain()  # each event leaves now (asyncio sets TCP_NODELAY)
             return False
         writer.write(self._encode(reply, close=not keep, body=method != "HEAD"))
         await writer.drain()
         return keep
+
+    @staticmethod
+    async def _client_waits(reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Let `seconds` pass before the next chunk of a slow stream; False as soon as the client
+        closes its side instead (a client that timed out), so a long stall does not hold the
+        connection for nobody."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    if not await reader.read(PIECE):
+                        return False
+            except TimeoutError:
+                return True
+        return True
 
     async def _read_body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, headers: dict[str, str]) -> bytes:
         length, coding = headers.get("content-length"), headers.get("transfer-encoding")
