@@ -27,7 +27,8 @@ MAX_CELL_LINES, MAX_LINE = 30, 100
 # The notebook that teaches each pattern module; it may use the module only from its graduation
 # section on, later notebooks anywhere. Infrastructure is usable everywhere.
 TAUGHT_IN = {"retry": 1, "breaker": 2, "breaker_redis": 2, "fallback": 3, "input_validation": 4, "screening": 4,
-             "redaction": 5, "output_validation": 5, "budget": 6, "ratelimit": 6, "pacing": 6, "service": 6}
+             "redaction": 5, "output_validation": 5, "budget": 6, "ratelimit": 6, "pacing": 6, "service": 6,
+             "logs": 9, "health": 8, "timeouts": 7}
 INFRASTRUCTURE = {"clock", "events", "llm", "sim", "plots", "cli", "_wrapping"}
 EARLY_USE = "# used before graduation:"  # a cell that needs a module early says why after this
 SECTIONS = ["the failure", "step by step", "watch it", "mistake", "graduate to", "try it", "takeaways"]
