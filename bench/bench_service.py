@@ -129,7 +129,8 @@ def start_service(port: int, provider_url: str, redis_url: str | None, workers: 
     env.update({"COURSE_LIB_API_KEYS": ",".join(f"user{i}={user_key(i)}" for i in range(clients)),
                 "COURSE_LIB_USER_REQUESTS_PER_MINUTE": "1000000", "COURSE_LIB_GLOBAL_REQUESTS_PER_MINUTE": "1000000",
                 "COURSE_LIB_USER_TOKENS_PER_MINUTE": "10000000", "COURSE_LIB_GLOBAL_TOKENS_PER_MINUTE": "10000000",
-                "COURSE_LIB_USER_DAILY_BUDGET_USD": "1000000", "COURSE_LIB_GLOBAL_DAILY_BUDGET_USD": "1000000"})
+                "COURSE_LIB_USER_DAILY_BUDGET_USD": "1000000", "COURSE_LIB_GLOBAL_DAILY_BUDGET_USD": "1000000",
+                "COURSE_LIB_SHUTDOWN_DELAY": "0"})
     command = [sys.executable, "-m", "course_lib.cli", "serve", "--port", str(port), "--workers", str(workers),
                "--provider", provider_url]
     if redis_url:

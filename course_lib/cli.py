@@ -2,6 +2,7 @@
 
     course-lib sim serve --port 8000 [--plan plan.json] [--seed 7]
     course-lib serve [--host 127.0.0.1] [--port 8080] [--workers N] [--redis URL] [--provider URL]
+    course-lib lnav-format [--directory DIR]   # install the lnav format for the service's JSON logs
 """
 
 from __future__ import annotations
@@ -73,8 +74,19 @@ def _serve(args: argparse.Namespace) -> int:
     provider = settings.provider_url or "in-process simulator"
     print(f"agent service on http://{args.host}:{args.port} ({args.workers} worker(s), store: {store}, "
           f"provider: {provider})", flush=True)
+    # log_config=None: uvicorn's own lines go to the root logger, where each worker's JSON handler
+    # (set up by app_from_env) writes them like every other line; the service logs each request itself.
     uvicorn.run("course_lib.service.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+                workers=args.workers, log_level=args.log_level, log_config=None, access_log=False,
+                timeout_graceful_shutdown=settings.drain_timeout)
+    return 0
+
+
+def _lnav_format(args: argparse.Namespace) -> int:
+    from .logs import install_lnav_format
+
+    installed = install_lnav_format(args.directory)
+    print(f"installed {installed}; open a log with: lnav {os.environ.get('COURSE_LIB_LOG_FILE') or 'service.log'}")
     return 0
 
 
@@ -101,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: the in-process simulator)")
     serve_cmd.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     serve_cmd.set_defaults(run=_serve)
+
+    lnav = commands.add_parser("lnav-format", help="install the lnav log format for the service's JSON log lines")
+    lnav.add_argument("--directory", help="where lnav reads formats (default: ~/.lnav/formats/installed)")
+    lnav.set_defaults(run=_lnav_format)
     return parser
 
 

@@ -452,7 +452,8 @@ def free_port() -> int:
 
 def serve_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COURSE_LIB_")}
-    return {**env, "COURSE_LIB_API_KEYS": f"alice={ALICE},bob={BOB}", **extra}
+    # no pause before stopping (the shutdown test sets its own), so terminating a test server is quick
+    return {**env, "COURSE_LIB_API_KEYS": f"alice={ALICE},bob={BOB}", "COURSE_LIB_SHUTDOWN_DELAY": "0", **extra}
 
 
 def test_several_workers_without_redis_exit_with_the_reason() -> None:

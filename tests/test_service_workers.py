@@ -47,7 +47,8 @@ def four_workers(redis_url: str, provider_url: str) -> Iterator[str]:
                 "COURSE_LIB_USER_REQUESTS_PER_MINUTE": str(USER_LIMIT),
                 "COURSE_LIB_GLOBAL_REQUESTS_PER_MINUTE": str(GLOBAL_LIMIT),
                 "COURSE_LIB_LIMITER_LOCAL_FRACTION": str(LOCAL_FRACTION),
-                "COURSE_LIB_RETRY_ATTEMPTS": "1"})  # the defaults: limiter "local", budgets "closed"
+                "COURSE_LIB_RETRY_ATTEMPTS": "1",  # the defaults: limiter "local", budgets "closed"
+                "COURSE_LIB_SHUTDOWN_DELAY": "0"})
     process = subprocess.Popen([sys.executable, "-m", "course_lib.cli", "serve", "--workers", str(WORKERS),
                                 "--port", str(port), "--redis", redis_url, "--provider", provider_url],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

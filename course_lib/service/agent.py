@@ -6,11 +6,17 @@ fallback model (its own breaker and retry), then, if enabled, a fixed degraded m
 that the static handler answers ends the loop: there is no model left to read tool results. After
 `max_rounds` rounds of tool calls the last call sends `tool_choice="none"`, so the loop ends with
 text whatever the model wants. Usage is summed over every call, each priced at its own model.
+
+Under a `course_lib.timeouts.deadline_scope` (the service opens one per request) every model
+call's timeout is what is left of the run, capped at `provider_timeout`; the retrier starts no wait
+that outlasts it, and no tool runs after it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +30,11 @@ from ..events import EventSink
 from ..fallback import FallbackChain, Handler
 from ..retry import Retrier, RetryPolicy
 from ..sim.models import MODELS, cost_usd
+from ..timeouts import current_deadline, time_left
 from .settings import Settings
 from .tools import TOOLS, run_tool
+
+log = logging.getLogger("course_lib.service")
 
 __all__ = ["STATIC_ANSWER", "SYSTEM_PROMPT", "AgentReply", "SupportAgent"]
 
@@ -88,7 +97,8 @@ class SupportAgent:
         """Requested model, fallback model (unless it is the same), static message (if enabled)."""
         models = [model] + [m for m in (self.settings.fallback_model,) if m is not None and m != model]
         handlers = [Handler(m, self._asker(m), context_window=MODELS[m].context_window, breaker=self.breaker(m),
-                            retrier=Retrier(self._retry, clock=self.clock, on_event=self.on_event, name=f"retry-{m}"))
+                            retrier=Retrier(self._retry, clock=self.clock, on_event=self.on_event, name=f"retry-{m}",
+                                            time_left=time_left))
                     for m in models]
         if self.settings.static_fallback:
             handlers.append(Handler(STATIC, lambda *_, **__: None, degraded=True))
@@ -98,7 +108,16 @@ class SupportAgent:
         async def ask(messages: Sequence[dict[str, Any]], max_tokens: int, tool_choice: str) -> _Turn:
             # plain dicts, not the SDK's TypedDicts: typed as Any for the SDK's overloads
             options: dict[str, Any] = {"messages": list(messages), "tools": TOOLS, "tool_choice": tool_choice}
-            completion = await self.client.chat.completions.create(model=model, max_tokens=max_tokens, **options)
+            deadline, cap = current_deadline(), self.settings.provider_timeout
+            # the call's timeout is what is left of the run, capped; a cut by our own deadline is
+            # DeadlineExceeded, which neither the breaker nor the fallback counts against the provider
+            with deadline.bound(cap, f"model {model}") if deadline else nullcontext(cap) as timeout:
+                completion = await self.client.chat.completions.create(model=model, max_tokens=max_tokens,
+                                                                       timeout=timeout, **options)
+            usage = completion.usage
+            log.info("model_call", extra={"model": model, "provider_request_id": completion._request_id,
+                                          "tokens_in": usage and usage.prompt_tokens,
+                                          "tokens_out": usage and usage.completion_tokens})
             return _Turn(model, completion.choices[0].message, completion.usage)
 
         return ask
@@ -125,6 +144,8 @@ class SupportAgent:
                 return reply
             history.append(turn.message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"}))
             for call in calls:
+                if (deadline := current_deadline()) is not None:
+                    deadline.check(f"tool {call.function.name}")
                 reply.tools_called.append(call.function.name)
                 history.append({"role": "tool", "tool_call_id": call.id,
                                 "content": run_tool(call.function.name, call.function.arguments)})

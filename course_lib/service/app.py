@@ -26,8 +26,8 @@ import json
 import logging
 import math
 import os
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ import fakeredis
 import openai
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.asyncio import Redis as AsyncRedis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,6 +50,7 @@ from ..budget import (
 from ..clock import SYSTEM_CLOCK, Clock
 from ..events import EventSink
 from ..fallback import FallbackExhausted
+from ..health import Check, Readiness, degraded
 from ..input_validation import (
     InputError,
     InputPolicy,
@@ -58,14 +59,24 @@ from ..input_validation import (
     worst_case_cost_usd,
 )
 from ..llm import make_async_client
+from ..logs import (
+    REQUEST_ID_HEADER,
+    EventLogger,
+    configure_logging,
+    log_context,
+    new_request_id,
+    valid_request_id,
+)
 from ..output_validation import OutputGuard, remove_untrusted_links
 from ..ratelimit import AsyncRateLimiter, Decision, ahit_all
 from ..redaction import StreamRedactor
 from ..screening import RuleScreen, Screening
 from ..sim.models import count_tokens
 from ..sim.provider import SimProvider
+from ..timeouts import Deadline, DeadlineExceeded, deadline_scope
 from .agent import SYSTEM_PROMPT, AgentReply, SupportAgent
 from .errors import ServiceError, error_response
+from .lifecycle import drain_on_sigterm
 from .settings import Settings
 
 __all__ = ["BODY_FIELDS", "Service", "app_from_env", "create_app"]
@@ -112,6 +123,48 @@ class Service:
             for name, limit in (("user", settings.user_daily_budget_usd), ("global", settings.global_daily_budget_usd)))
         self.agent = SupportAgent(client, settings, clock=clock, on_event=on_event, store=store)
         self._system_tokens = count_tokens(SYSTEM_PROMPT, settings.model) + 4
+        self.readiness = Readiness(self._checks(), clock=clock, on_event=on_event)
+
+    # --- readiness: what serving needs, each answer cached (settings.readiness_cache_seconds) ----
+    def _checks(self) -> list[Check]:
+        """Redis is required when the budgets refuse without it; the provider and the models'
+        breakers only degrade the service while the static fallback can still answer; a spent
+        global budget degrades (every worker shares it, so failing readiness would empty the whole
+        pool and users would get the balancer's error instead of a 429 with its reset time)."""
+        s = self.settings
+        timing = {"ttl": s.readiness_cache_seconds, "timeout": s.readiness_check_timeout}
+        return [Check("redis", self._redis_answers, required=s.budget_on_redis_error == "closed", **timing),
+                Check("provider", self._provider_lists_models, required=not s.static_fallback, **timing),
+                Check("breakers", self._breakers_closed, required=not s.static_fallback, **timing),
+                Check("budget", self._global_budget_left, required=False, **timing)]
+
+    async def _redis_answers(self) -> None:
+        await self.store.ping()
+
+    async def _provider_lists_models(self) -> str:
+        page = await self.client.models.list(timeout=self.settings.readiness_check_timeout)  # 0 tokens
+        return f"{len(page.data)} models listed"
+
+    async def _breakers_closed(self) -> Any:
+        models = [m for m in (self.settings.model, self.settings.fallback_model) if m is not None]
+        states = {m: await self.agent.breaker(m).astate() for m in models}
+        serving = [m for m, state in states.items() if state != "open"]
+        shown = ", ".join(f"{m} {state}" for m, state in states.items())
+        if len(serving) == len(models):
+            return shown
+        if serving or self.settings.static_fallback:
+            return degraded(f"{shown}; answering with {serving[0] if serving else 'the static message'}")
+        raise RuntimeError(f"every model's breaker is open ({shown})")
+
+    async def _global_budget_left(self) -> Any:
+        """Degraded once what is left cannot cover the smallest request at the default max_tokens."""
+        status = await self.global_budget.status("all")
+        left = status.limit_usd - status.spent_usd - status.reserved_usd
+        shown = f"${left:.4f} of ${status.limit_usd:.2f} left today"
+        calls = self.agent.calls_per_request
+        smallest = calls * worst_case_cost_usd(self.settings.model, self._system_tokens + TOOL_ALLOWANCE * calls,
+                                               self.settings.default_max_tokens)
+        return degraded(f"{shown}: requests get 429 budget_exhausted") if left < smallest else shown
 
     def _limiter(self, store: AsyncRedis, name: str, limit: int, algorithm: str) -> AsyncRateLimiter:
         """One per-minute limit. Requests: the exact sliding log; tokens: GCRA, whose one key per
@@ -229,9 +282,18 @@ class Service:
                                headers={"Retry-After": "5"}, extra={"budget": error.name}) from None
 
     async def answer(self, valid: ValidRequest) -> AgentReply:
+        """The agent run under one hard deadline (settings.request_deadline): every call inside
+        gets what is left of it, and when it runs out the run is cancelled (its connections
+        closed) and the request ends with 504 `deadline_exceeded`."""
         messages = valid.messages_for_api()
+        deadline = Deadline(self.settings.request_deadline, clock=self.clock, on_event=self.on_event, name="agent")
         try:
-            return await self.agent.run(messages, model=valid.request.model, max_tokens=valid.max_tokens)
+            with deadline_scope(deadline):
+                return await deadline.run(self.agent.run(messages, model=valid.request.model,
+                                                         max_tokens=valid.max_tokens), "agent run")
+        except DeadlineExceeded as error:
+            raise ServiceError("deadline_exceeded", f"no answer within the {deadline.budget:g} s limit (cut at "
+                               f"{error.stage})", limit=deadline.budget, extra={"stage": error.stage}) from None
         except FallbackExhausted as error:
             raise ServiceError("provider_unavailable", "no model could answer and the static fallback is off",
                                headers={"Retry-After": "30"}, extra={"tried": [n for n, _ in error.errors]}) from None
@@ -303,7 +365,8 @@ def create_app(settings: Settings, *, provider: SimProvider | openai.AsyncOpenAI
                on_event: EventSink | None = None) -> FastAPI:
     """The service. `provider`: a SimProvider (in-process), a ready AsyncOpenAI client, or None for
     `settings.provider_url` (unset: a fresh in-process simulator). `redis`: a `redis.asyncio`
-    client, or None for `settings.redis_url` (unset: this process's shared fakeredis)."""
+    client, or None for `settings.redis_url` (unset: this process's shared fakeredis). Logging is
+    the caller's to set up (`app_from_env` does it for `course-lib serve`)."""
     if isinstance(provider, openai.AsyncOpenAI):
         client = provider
     elif provider is None and settings.provider_url:
@@ -316,11 +379,36 @@ def create_app(settings: Settings, *, provider: SimProvider | openai.AsyncOpenAI
                  if settings.redis_url
                  else fakeredis.FakeAsyncRedis(server=_SHARED_FAKE))
     service = Service(settings, client, redis, clock=clock, on_event=on_event)
-    app = FastAPI(title="course-lib support agent", version="0.1.0")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        drain_on_sigterm(service.readiness.drain, settings.shutdown_delay)  # under a real server only
+        yield
+
+    app = FastAPI(title="course-lib support agent", version="0.1.0", lifespan=lifespan)
     app.state.service = service
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """A request id (the caller's X-Request-ID if sane, else a new one) on every log line
+        written while serving, in the response header, and one `request_finished` line at the end."""
+        request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
+        request.state.request_id, request.state.log = request_id, {}
+        started = clock.now()
+        with log_context(request_id=request_id):
+            try:
+                response = await call_next(request)
+            except Exception:
+                log.exception("request_failed", extra=_finished(request, 500, clock.now() - started))
+                raise
+            response.headers[REQUEST_ID_HEADER] = request_id
+            log.info("request_finished", extra=_finished(request, response.status_code, clock.now() - started))
+        return response
 
     @app.exception_handler(ServiceError)
     async def refused(request: Request, error: ServiceError) -> JSONResponse:
+        if isinstance(getattr(request.state, "log", None), dict):
+            request.state.log["outcome"] = error.code
         return error_response(error, getattr(request.state, "request_id", None))
 
     @app.exception_handler(RequestValidationError)
@@ -339,15 +427,21 @@ def create_app(settings: Settings, *, provider: SimProvider | openai.AsyncOpenAI
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> JSONResponse:
-        log.exception("request %s failed", getattr(request.state, "request_id", "?"))
         return error_response(ServiceError("internal_error", "the service failed; the error is logged"),
                               getattr(request.state, "request_id", None))
 
     async def run(request: Request) -> tuple[_Outcome, str]:
-        request.state.request_id = request_id = uuid.uuid4().hex
+        request_id: str = request.state.request_id
         user = service.authenticate(request.headers.get("authorization"))  # before reading any body
+        request.state.log["user"] = user
         body = await _read_json(request, settings.max_body_bytes)
-        return await service.handle(user, body), request_id
+        with log_context(user=user):
+            outcome = await service.handle(user, body)
+        reply = outcome.reply
+        request.state.log.update(model=outcome.valid.request.model, handler=reply.handler, degraded=reply.degraded,
+                                 tokens_in=reply.prompt_tokens, tokens_out=reply.completion_tokens,
+                                 cost_usd=round(reply.cost_usd, 8), outcome="answered")
+        return outcome, request_id
 
     @app.post("/v1/chat")
     async def chat(request: Request) -> JSONResponse:
@@ -377,12 +471,31 @@ def create_app(settings: Settings, *, provider: SimProvider | openai.AsyncOpenAI
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        """Liveness: this process and its event loop answer. Nothing outside is consulted, so a
+        provider or Redis outage never gets every worker restarted."""
         return {"status": "ok", "pid": os.getpid()}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 ready or degraded (still serving), 503 not ready or shutting down."""
+        report = await service.readiness.report()
+        return JSONResponse(report.to_dict(), status_code=report.http_status)
 
     return app
 
 
+def _finished(request: Request, status: int, seconds: float) -> dict[str, Any]:
+    """The fields of a request's last log line: what it asked, who, how it ended, how long."""
+    fields = getattr(request.state, "log", {})
+    return {"method": request.method, "path": request.url.path, "status": status,
+            "latency_ms": round(seconds * 1000, 3), "outcome": "answered" if status < 400 else "refused", **fields}
+
+
 def app_from_env() -> FastAPI:
-    """The app for `uvicorn --factory`: settings from COURSE_LIB_* variables."""
-    return create_app(Settings.from_env())
+    """The app for `uvicorn --factory`: settings from COURSE_LIB_* variables; JSON log lines on
+    standard output (or COURSE_LIB_LOG_FILE), every pattern event among them."""
+    settings = Settings.from_env()
+    configure_logging(path=settings.log_file, level=settings.log_level, user_ids=settings.log_user_ids,
+                      salt=settings.log_salt)
+    return create_app(settings, on_event=EventLogger())
 

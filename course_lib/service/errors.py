@@ -26,6 +26,7 @@ STATUS = {
     "provider_error": 502,
     "provider_unavailable": 503,
     "budget_unavailable": 503,
+    "deadline_exceeded": 504,
     "internal_error": 500,
 }
 """Each code's HTTP status; a code never changes its status."""

@@ -122,6 +122,23 @@ class Settings:
     provider_timeout: float = 30.0
     breaker_failures: int = 5
     breaker_open_seconds: float = 30.0
+    request_deadline: float = 30.0
+    """Seconds one agent run may take in all (every model call, wait and tool); past it: 504."""
+    readiness_cache_seconds: float = 5.0
+    """How long /readyz reuses each check's answer, so frequent probes cost one provider call."""
+    readiness_check_timeout: float = 1.0
+    """Seconds each readiness check may take before it counts as failed."""
+    shutdown_delay: float = 5.0
+    """After SIGTERM: seconds /readyz answers 503 while requests are still served, so the load
+    balancer stops sending new ones before the listener closes."""
+    drain_timeout: float = 30.0
+    """Then: seconds in-flight requests get to finish before the worker exits anyway."""
+    log_file: str | None = None
+    """JSON log lines go here (appended); unset: standard output."""
+    log_level: str = "INFO"
+    log_user_ids: str = "hash"
+    """How logs show a user: "hash" (a stable salted hash), "plain" or "drop"."""
+    log_salt: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, limit: str, value: Any) -> None:
@@ -165,6 +182,17 @@ class Settings:
         need(1 <= self.breaker_failures <= 1_000, "breaker_failures", "from 1 to 1,000", self.breaker_failures)
         need(0 <= self.breaker_open_seconds <= 3_600, "breaker_open_seconds", "from 0 to 3,600 seconds",
              self.breaker_open_seconds)
+        need(0 < self.request_deadline <= 600, "request_deadline", "> 0 and <= 600 seconds", self.request_deadline)
+        need(0 <= self.readiness_cache_seconds <= 300, "readiness_cache_seconds", "from 0 to 300 seconds",
+             self.readiness_cache_seconds)
+        need(0 < self.readiness_check_timeout <= 30, "readiness_check_timeout", "> 0 and <= 30 seconds",
+             self.readiness_check_timeout)
+        need(0 <= self.shutdown_delay <= 300, "shutdown_delay", "from 0 to 300 seconds", self.shutdown_delay)
+        need(0 <= self.drain_timeout <= 3_600, "drain_timeout", "from 0 to 3,600 seconds", self.drain_timeout)
+        need(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "log_level",
+             "one of DEBUG, INFO, WARNING, ERROR, CRITICAL", self.log_level)
+        need(self.log_user_ids in ("hash", "plain", "drop"), "log_user_ids", "one of hash, plain, drop",
+             self.log_user_ids)
         for name in ("redis_url", "provider_url"):
             value = getattr(self, name)
             schemes = ("redis://", "rediss://", "unix://") if name == "redis_url" else ("http://", "https://")
@@ -194,7 +222,7 @@ class Settings:
                 values[spec.name] = tuple(p.strip().lower() if "host" in spec.name else p.strip()
                                           for p in raw.split(",") if p.strip())
             else:
-                values[spec.name] = raw.lower() if spec.name.endswith("on_redis_error") else raw
+                values[spec.name] = raw.lower() if spec.name.endswith("on_redis_error") or spec.name == "log_user_ids" else raw
         return cls(**values)
 
 
