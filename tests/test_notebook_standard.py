@@ -29,7 +29,7 @@ MAX_CELL_LINES, MAX_LINE = 30, 100
 TAUGHT_IN = {"retry": 1, "breaker": 2, "breaker_redis": 2, "fallback": 3, "input_validation": 4, "screening": 4,
              "redaction": 5, "output_validation": 5, "budget": 6, "ratelimit": 6, "pacing": 6, "service": 6,
              "logs": 9, "health": 8, "timeouts": 7}
-INFRASTRUCTURE = {"clock", "events", "llm", "sim", "plots", "cli", "_wrapping"}
+INFRASTRUCTURE = {"clock", "events", "llm", "sim", "plots", "cli", "_wrapping", "grading"}
 EARLY_USE = "# used before graduation:"  # a cell that needs a module early says why after this
 SECTIONS = ["the failure", "step by step", "watch it", "mistake", "graduate to", "try it", "takeaways"]
 HTTP_STATUSES = {200, 400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504}

@@ -493,9 +493,12 @@ def _finished(request: Request, status: int, seconds: float) -> dict[str, Any]:
 
 def app_from_env() -> FastAPI:
     """The app for `uvicorn --factory`: settings from COURSE_LIB_* variables; JSON log lines on
-    standard output (or COURSE_LIB_LOG_FILE), every pattern event among them."""
+    standard output (or COURSE_LIB_LOG_FILE). Pattern events are lines too: the ones that say
+    something went wrong (a refusal, a breaker opening, a give-up, a deadline cut...) at WARNING,
+    the routine ones (a limit or budget passed, an attempt that worked) at DEBUG, so that the
+    default INFO level costs a few lines per request, not twenty."""
     settings = Settings.from_env()
     configure_logging(path=settings.log_file, level=settings.log_level, user_ids=settings.log_user_ids,
                       salt=settings.log_salt)
-    return create_app(settings, on_event=EventLogger())
+    return create_app(settings, on_event=EventLogger(level=logging.DEBUG))
 
