@@ -19,9 +19,11 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Notebooks run under the kernel's own inline backend, so their charts are real images that the
 # tests count; nbmake executes copies (--overwrite keeps their outputs) and leaves the committed
-# notebooks clean.
+# notebooks clean. The exercises' reference solutions run too (beside the starter agent they
+# import), each passing all its checks.
 unexport MPLBACKEND
-COPY_NOTEBOOKS = rm -rf $(EXECUTED) && mkdir -p $(EXECUTED) && cp notebooks/*.ipynb $(EXECUTED)/
+COPY_NOTEBOOKS = rm -rf $(EXECUTED) && mkdir -p $(EXECUTED)/solutions && cp notebooks/*.ipynb $(EXECUTED)/ \
+	&& cp solutions/*.ipynb exercises/starter_agent.py $(EXECUTED)/solutions/
 
 lab: $(INSTALLED)
 	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG)
@@ -61,3 +63,12 @@ soak: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
+
+# A generated class (solutions, stubs, mutants, a hang, a crash) graded by `course-lib grade`,
+# its CSV checked exactly against one computed without the grader; `make grade-demo CLASS_SIZE=30`
+# for the full size (the default is small enough for CI).
+CLASS_SIZE ?= 6
+
+.PHONY: grade-demo
+grade-demo: $(INSTALLED)
+	$(PY) tools/grade_class.py --students $(CLASS_SIZE)

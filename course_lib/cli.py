@@ -3,11 +3,13 @@
     course-lib sim serve --port 8000 [--plan plan.json] [--seed 7]
     course-lib serve [--host 127.0.0.1] [--port 8080] [--workers N] [--redis URL] [--provider URL]
     course-lib lnav-format [--directory DIR]   # install the lnav format for the service's JSON logs
+    course-lib grade SUBMISSIONS/ --out grades.csv [--report grades.md] [--timeout 60] [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -78,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     # (set up by app_from_env) writes them like every other line; the service logs each request itself.
     uvicorn.run("course_lib.service.app:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.drain_timeout)
+                timeout_graceful_shutdown=math.ceil(settings.drain_timeout))
     return 0
 
 
@@ -88,6 +90,13 @@ def _lnav_format(args: argparse.Namespace) -> int:
     installed = install_lnav_format(args.directory)
     print(f"installed {installed}; open a log with: lnav {os.environ.get('COURSE_LIB_LOG_FILE') or 'service.log'}")
     return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    """Grade a folder of submissions; see course_lib.grading.grader for what is run and how."""
+    from .grading.grader import run_cli
+
+    return run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     lnav = commands.add_parser("lnav-format", help="install the lnav log format for the service's JSON log lines")
     lnav.add_argument("--directory", help="where lnav reads formats (default: ~/.lnav/formats/installed)")
     lnav.set_defaults(run=_lnav_format)
+
+    grade = commands.add_parser("grade", help="grade a folder of submissions (one folder per student, laid out "
+                                              "like exercises/): a CSV of points and a markdown report")
+    grade.add_argument("submissions", help="a folder holding one folder per student")
+    grade.add_argument("--out", required=True, help="the CSV to write: one row per student")
+    grade.add_argument("--report", help="the markdown report to write (default: --out with .md)")
+    grade.add_argument("--exercises", default="exercises", help="the exercise notebooks and their support files "
+                                                                "(default: exercises)")
+    grade.add_argument("--timeout", type=float, default=60, help="seconds for one notebook's cells (default: 60)")
+    grade.add_argument("--jobs", type=int, default=None, help="notebooks run at a time (default: the CPU count)")
+    grade.add_argument("--extra-checks", help="a folder of instructor modules adding checks (kept private)")
+    grade.add_argument("--max-output-mb", type=float, default=1, help="output one notebook may print (default: 1)")
+    grade.add_argument("--max-memory-mb", type=float, default=4096, help="address space of each process a notebook "
+                                                                         "runs in (default: 4096)")
+    grade.add_argument("--fresh-kernels", action="store_true", help="start each kernel as a new Python process "
+                                                                    "instead of forking a preloaded one (slower)")
+    grade.set_defaults(run=_grade)
     return parser
 
 

@@ -26,6 +26,8 @@ import redis
 import redis.asyncio
 
 REQUIRE_REAL_REDIS = os.environ.get("COURSE_LIB_REQUIRE_REDIS") == "1"
+# Buggy submissions and the grader's fixture notebooks are graded by their tests, not run by nbmake.
+collect_ignore_glob = ["mutants/*", "grader_cases/*"]
 EXECUTED = Path(__file__).resolve().parents[1] / "build" / "executed"
 SESSION_STARTED = time.time()
 

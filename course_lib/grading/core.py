@@ -131,13 +131,16 @@ _MODULES = {"ex1": "ex1_retry", "ex2": "ex2_circuit_breaker", "ex3": "ex3_fallba
 
 
 def exercise(exercise_id: str) -> Exercise:
-    """The exercise `exercise_id` with its checks (and any instructor's extra checks) loaded."""
-    if exercise_id not in _MODULES:
-        raise ValueError(f"exercise must be one of {', '.join(_MODULES)}, got {exercise_id!r}")
-    importlib.import_module(f"{__package__}.{_MODULES[exercise_id]}")
+    """The exercise `exercise_id` with its checks (and any instructor's extra checks) loaded: one of
+    ex1-ex4, or one that a module in COURSE_LIB_EXTRA_CHECKS registers."""
+    if exercise_id in _MODULES:
+        importlib.import_module(f"{__package__}.{_MODULES[exercise_id]}")
     folder = os.environ.get(EXTRA_CHECKS_VARIABLE)
     if folder:
         load_extra_checks(Path(folder))
+    if exercise_id not in EXERCISES:
+        raise ValueError(f"exercise must be one of {', '.join(_MODULES)} or one registered by "
+                         f"{EXTRA_CHECKS_VARIABLE}, got {exercise_id!r}")
     return EXERCISES[exercise_id]
 
 

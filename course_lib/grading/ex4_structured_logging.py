@@ -752,3 +752,4 @@ def lnav_reads_the_log(ns: Namespace) -> str | None:
             if moment is None or not earliest <= moment <= latest:
                 raise CheckFailed(f"lnav read the time of request {row['request_id']!r}'s lines as {row['first']!r}, "
                                   "not the time they were written: check that ts is ISO 8601 in UTC")
+    return None

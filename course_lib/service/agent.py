@@ -90,7 +90,7 @@ class SupportAgent:
             state = None if self.store is None else AsyncRedisState(
                 self.store, model, self._policy, on_event=self.on_event, timeout=self.settings.redis_timeout)
             self._breakers[model] = CircuitBreaker(self._policy, clock=self.clock, on_event=self.on_event, name=model,
-                                                   state=state)
+                                                   state=state)  # type: ignore[arg-type] # async states are accepted
         return self._breakers[model]
 
     def chain(self, model: str) -> FallbackChain:
