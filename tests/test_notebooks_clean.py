@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(
     path
-    for folder in ("notebooks", "exercises", "solutions")
+    for folder in ("notebooks", "exercises", "solutions", "tests/mutants", "tests/grader_cases")
     for path in (ROOT / folder).glob("**/*.ipynb")
     if ".ipynb_checkpoints" not in path.parts
 )
