@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -15,6 +16,16 @@ def check(ok: bool, field: str, limit: str, value: object) -> None:
     """Refuse a configuration value with a message naming the field and the limit."""
     if not ok:
         raise ValueError(f"{field} must be {limit}, got {value!r}")
+
+
+def is_whole(value: object) -> TypeGuard[int]:
+    """An int, and not a bool (which Python counts as one: True would pass for 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite(value: object) -> TypeGuard[float]:
+    """An int or a float, not a bool, and neither infinite nor NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:

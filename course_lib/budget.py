@@ -59,7 +59,7 @@ from typing import Any, Literal
 import redis
 import redis.asyncio
 
-from ._wrapping import check
+from ._wrapping import check, is_finite
 from .breaker_redis import StoreOutage, _with_timeout
 from .clock import SYSTEM_CLOCK, Clock
 from .events import BudgetChanged, Event
@@ -265,8 +265,7 @@ class _BudgetCore:
     def __init__(self, client: Any, *, limit_usd: float, name: str, period: str, lease_seconds: float,
                  on_event: Callable[[Event], None] | None, clock: Clock | None, on_redis_error: str,
                  prefix: str, timeout: float | None) -> None:
-        check(isinstance(limit_usd, (int, float)) and not isinstance(limit_usd, bool)
-              and math.isfinite(limit_usd) and 0 < limit_usd <= MAX_LIMIT_USD,
+        check(is_finite(limit_usd) and 0 < limit_usd <= MAX_LIMIT_USD,
               "limit_usd", f"a number of dollars > 0 and <= {MAX_LIMIT_USD:,.0f}", limit_usd)
         check(isinstance(name, str) and 0 < len(name) <= 64 and not set(name) & set("{}"),
               "name", "1-64 characters without braces", name)
@@ -309,9 +308,8 @@ class _BudgetCore:
 
     @staticmethod
     def _check_amount(field: str, amount_usd: float) -> int:
-        check(isinstance(amount_usd, (int, float)) and not isinstance(amount_usd, bool) and math.isfinite(amount_usd)
-              and 0 <= amount_usd <= MAX_LIMIT_USD, field, f"a number of dollars >= 0 and <= {MAX_LIMIT_USD:,.0f}",
-              amount_usd)
+        check(is_finite(amount_usd) and 0 <= amount_usd <= MAX_LIMIT_USD, field,
+              f"a number of dollars >= 0 and <= {MAX_LIMIT_USD:,.0f}", amount_usd)
         return _micros(amount_usd)
 
     def _reserve_args(self, key: str, amount_usd: float) -> tuple[list[str], list[Any], int, str]:

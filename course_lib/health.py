@@ -77,12 +77,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
-from ._wrapping import check
+from ._wrapping import check, is_finite
 from .clock import SYSTEM_CLOCK, Clock, wait_for
 from .events import CheckRan, EventSink, ReadinessChanged
 
@@ -150,13 +149,10 @@ class Check:
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and self.name.strip() != "", "name", "a non-empty string", self.name)
         check(callable(self.probe), "probe", "a callable with no arguments", self.probe)
-        check(_number(self.ttl) and self.ttl >= 0, "ttl", "a finite number >= 0 (seconds)", self.ttl)
-        check(_number(self.timeout) and self.timeout > 0, "timeout", "a finite number > 0 (seconds)", self.timeout)
+        check(is_finite(self.ttl) and self.ttl >= 0, "ttl", "a finite number >= 0 (seconds)", self.ttl)
+        check(is_finite(self.timeout) and self.timeout > 0, "timeout", "a finite number > 0 (seconds)", self.timeout)
         check(isinstance(self.required, bool), "required", "True or False", self.required)
 
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)

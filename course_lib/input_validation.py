@@ -27,7 +27,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from ._wrapping import check
+from ._wrapping import check, is_whole
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventSink, InputRejected, TextCleaned, TurnsDropped
 from .sim.models import MODELS, check_model, encoding_for
@@ -301,8 +301,7 @@ class InputPolicy:
 
     def __post_init__(self) -> None:
         check(self.invisible in ("remove", "refuse"), "invisible", "'remove' or 'refuse'", self.invisible)
-        check(isinstance(self.default_reserve, int) and not isinstance(self.default_reserve, bool)
-              and self.default_reserve >= 1, "default_reserve", ">= 1",
+        check(is_whole(self.default_reserve) and self.default_reserve >= 1, "default_reserve", ">= 1",
               self.default_reserve)
         check(self.fit in ("drop-oldest", "refuse"), "fit", "'drop-oldest' or 'refuse'", self.fit)
         check(isinstance(self.max_messages, int) and self.max_messages >= 1, "max_messages", ">= 1", self.max_messages)

@@ -112,7 +112,7 @@ from types import MappingProxyType
 from typing import IO, Any, Literal
 
 from . import redaction
-from ._wrapping import check
+from ._wrapping import check, is_whole
 from .clock import Clock
 from .events import (
     BudgetChanged,
@@ -465,7 +465,7 @@ class EventLogger:
     (default "course_lib.events"): at `level`, or at WARNING (at least) for a bad one."""
 
     def __init__(self, logger: logging.Logger | str | None = None, *, level: int = logging.INFO) -> None:
-        check(isinstance(level, int) and not isinstance(level, bool) and level >= 0, "level",
+        check(is_whole(level) and level >= 0, "level",
               "a logging level (an int such as logging.INFO)", level)
         if logger is None or isinstance(logger, str):
             logger = logging.getLogger(logger or "course_lib.events")
@@ -491,7 +491,7 @@ def _level(level: int | str) -> int:
         number = logging.getLevelName(level.upper())
         check(isinstance(number, int), "level", "a level name (DEBUG, INFO, WARNING, ERROR, CRITICAL) or an int", level)
         return int(number)
-    check(isinstance(level, int) and not isinstance(level, bool) and level >= 0, "level", "a level name or an int >= 0",
+    check(is_whole(level) and level >= 0, "level", "a level name or an int >= 0",
           level)
     return level
 

@@ -38,7 +38,7 @@ from markdown_it import MarkdownIt
 from openai.lib import type_to_response_format_param
 
 from . import redaction
-from ._wrapping import check
+from ._wrapping import check, is_whole
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventSink, LinkRemoved, OutputVerdict, Redacted, RepairAttempt, Truncated
 from .sim.models import check_model, encoding_for, whole_text
@@ -304,7 +304,7 @@ def truncate_tokens(text: str, model: str, max_tokens: int) -> tuple[str, bool]:
     """At most `max_tokens` of `model`'s tokens, cut at a token boundary that is also a whole
     character; and whether anything was cut."""
     check_model(model)
-    check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0, "max_tokens",
+    check(is_whole(max_tokens) and max_tokens >= 0, "max_tokens",
           "a whole number >= 0", max_tokens)
     tokens = encoding_for(model).encode(text)
     if len(tokens) <= max_tokens:
@@ -347,7 +347,7 @@ class OutputGuard:
     def __init__(self, *, model: str, max_tokens: int, allowed_hosts: Iterable[str] = (),
                  on_event: EventSink | None = None, clock: Clock = SYSTEM_CLOCK, name: str = "output-guard") -> None:
         check_model(model)
-        check(isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 1, "max_tokens",
+        check(is_whole(max_tokens) and max_tokens >= 1, "max_tokens",
               "a whole number >= 1", max_tokens)
         check(not isinstance(allowed_hosts, str), "allowed_hosts", "a collection of host names, not one string",
               allowed_hosts)

@@ -72,7 +72,7 @@ from typing import Any, Literal
 import redis
 import redis.asyncio
 
-from ._wrapping import check
+from ._wrapping import check, is_whole
 from .breaker_redis import StoreOutage, _with_timeout
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, LimitChecked
@@ -228,7 +228,7 @@ class _Limiter:
                  on_event: Callable[[Event], None] | None, clock: Clock, on_redis_error: str,
                  local_limit: int | None, timeout: float | None, store_retry_seconds: float,
                  time_source: str = "redis") -> None:
-        check(isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= 10_000_000, "limit",
+        check(is_whole(limit) and 1 <= limit <= 10_000_000, "limit",
               "an integer from 1 to 10,000,000", limit)
         check(isinstance(window, (int, float)) and math.isfinite(window) and 0.001 <= window <= 31_536_000,
               "window", "from 0.001 to 31,536,000 seconds (a year)", window)
@@ -238,7 +238,7 @@ class _Limiter:
         check(on_redis_error in POLICIES, "on_redis_error", f"one of {POLICIES}", on_redis_error)
         check(time_source in TIME_SOURCES, "time_source", f"one of {TIME_SOURCES}", time_source)
         if on_redis_error == "local":
-            check(isinstance(local_limit, int) and not isinstance(local_limit, bool) and local_limit >= 1,
+            check(is_whole(local_limit) and local_limit >= 1,
                   "local_limit", "an integer >= 1 when on_redis_error is 'local'", local_limit)
         check(timeout is None or (math.isfinite(timeout) and timeout > 0), "timeout", "> 0 seconds or None", timeout)
         check(math.isfinite(store_retry_seconds) and store_retry_seconds >= 0, "store_retry_seconds", ">= 0",
@@ -265,7 +265,7 @@ class _Limiter:
         return [f"{tag}:log", f"{tag}:seq"] if self.algorithm == "sliding-log" else [f"{tag}:tat"]
 
     def _args(self, cost: int) -> list[Any]:
-        check(isinstance(cost, int) and not isinstance(cost, bool) and 1 <= cost <= self.limit, "cost",
+        check(is_whole(cost) and 1 <= cost <= self.limit, "cost",
               f"an integer from 1 to the limit ({self.limit})", cost)
         if self.time_source == "clock":  # notebooks and tests on a virtual clock only
             return [self.limit, self._window_us, cost, round(self.clock.wall() * 1_000_000)]

@@ -17,7 +17,6 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 __all__ = ["drain_on_sigterm"]
 
@@ -44,11 +43,7 @@ def drain_on_sigterm(drain: Callable[[], None], delay: float) -> bool:
         signal.signal(signal.SIGTERM, stop_server)  # a second SIGTERM stops at once
         drain()
         log.warning("shutdown_started", extra={"delay": delay})
-        loop.call_soon_threadsafe(_later, loop, delay, stop_server, signum, frame)
+        loop.call_soon_threadsafe(loop.call_later, delay, stop_server, signum, frame)  # wakes the loop
 
     signal.signal(signal.SIGTERM, on_sigterm)
     return True
-
-
-def _later(loop: asyncio.AbstractEventLoop, delay: float, handler: Callable[..., Any], *args: Any) -> None:
-    loop.call_later(delay, handler, *args)

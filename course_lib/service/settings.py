@@ -155,40 +155,39 @@ class Settings:
              self.model)
         need(self.fallback_model is None or self.fallback_model != self.model, "fallback_model",
              f"a model other than COURSE_LIB_MODEL ({self.model}), or empty for none", self.fallback_model)
-        limit = min(MODELS[m].max_output_tokens for m in self.allowed_models)
-        need(1 <= self.default_max_tokens <= limit, "default_max_tokens", f"from 1 to {limit:,}",
-             self.default_max_tokens)
-        need(1_000 <= self.max_body_bytes <= 10_000_000, "max_body_bytes", "from 1,000 to 10,000,000",
-             self.max_body_bytes)
-        need(0 <= self.max_tool_rounds <= 10, "max_tool_rounds", "from 0 to 10", self.max_tool_rounds)
+        def within(name: str, low: float, high: float, *, above: bool = False, unit: str = "",
+                   prefix: str = "") -> None:
+            """low <= value <= high (low < value with `above`), its limit said in one fixed form."""
+            value = getattr(self, name)
+            bounds = f"> {low:,} and <= {high:,}" if above else f"from {low:,} to {high:,}"
+            need((low < value if above else low <= value) and value <= high, name,
+                 prefix + bounds + (f" {unit}" if unit else ""), value)
+
+        within("default_max_tokens", 1, min(MODELS[m].max_output_tokens for m in self.allowed_models))
+        within("max_body_bytes", 1_000, 10_000_000)
+        within("max_tool_rounds", 0, 10)
         for name in ("user_requests_per_minute", "global_requests_per_minute"):
-            need(1 <= getattr(self, name) <= 1_000_000, name, "from 1 to 1,000,000", getattr(self, name))
+            within(name, 1, 1_000_000)
         for name in ("user_tokens_per_minute", "global_tokens_per_minute"):
-            need(1_000 <= getattr(self, name) <= 10_000_000, name, "from 1,000 to 10,000,000", getattr(self, name))
+            within(name, 1_000, 10_000_000)
         need(self.limiter_on_redis_error in ("local", "open", "closed"), "limiter_on_redis_error",
              "one of local, open, closed", self.limiter_on_redis_error)
-        need(0 < self.limiter_local_fraction <= 1, "limiter_local_fraction", "> 0 and <= 1",
-             self.limiter_local_fraction)
+        within("limiter_local_fraction", 0, 1, above=True)
         need(self.budget_on_redis_error in ("closed", "open"), "budget_on_redis_error", "one of closed, open",
              self.budget_on_redis_error)
-        need(0.01 <= self.redis_timeout <= 10, "redis_timeout", "from 0.01 to 10 seconds", self.redis_timeout)
+        within("redis_timeout", 0.01, 10, unit="seconds")
         for name in ("user_daily_budget_usd", "global_daily_budget_usd"):
-            need(0 < getattr(self, name) <= 1_000_000, name, "a number of dollars > 0 and <= 1,000,000",
-                 getattr(self, name))
-        need(1 <= self.retry_attempts <= 10, "retry_attempts", "from 1 to 10", self.retry_attempts)
-        need(0 <= self.retry_base_delay <= 10, "retry_base_delay", "from 0 to 10 seconds", self.retry_base_delay)
-        need(0 < self.retry_deadline <= 600, "retry_deadline", "> 0 and <= 600 seconds", self.retry_deadline)
-        need(0 < self.provider_timeout <= 600, "provider_timeout", "> 0 and <= 600 seconds", self.provider_timeout)
-        need(1 <= self.breaker_failures <= 1_000, "breaker_failures", "from 1 to 1,000", self.breaker_failures)
-        need(0 <= self.breaker_open_seconds <= 3_600, "breaker_open_seconds", "from 0 to 3,600 seconds",
-             self.breaker_open_seconds)
-        need(0 < self.request_deadline <= 600, "request_deadline", "> 0 and <= 600 seconds", self.request_deadline)
-        need(0 <= self.readiness_cache_seconds <= 300, "readiness_cache_seconds", "from 0 to 300 seconds",
-             self.readiness_cache_seconds)
-        need(0 < self.readiness_check_timeout <= 30, "readiness_check_timeout", "> 0 and <= 30 seconds",
-             self.readiness_check_timeout)
-        need(0 <= self.shutdown_delay <= 300, "shutdown_delay", "from 0 to 300 seconds", self.shutdown_delay)
-        need(0 <= self.drain_timeout <= 3_600, "drain_timeout", "from 0 to 3,600 seconds", self.drain_timeout)
+            within(name, 0, 1_000_000, above=True, prefix="a number of dollars ")
+        within("retry_attempts", 1, 10)
+        within("retry_base_delay", 0, 10, unit="seconds")
+        for name in ("retry_deadline", "provider_timeout", "request_deadline"):
+            within(name, 0, 600, above=True, unit="seconds")
+        within("breaker_failures", 1, 1_000)
+        within("breaker_open_seconds", 0, 3_600, unit="seconds")
+        within("readiness_cache_seconds", 0, 300, unit="seconds")
+        within("readiness_check_timeout", 0, 30, above=True, unit="seconds")
+        within("shutdown_delay", 0, 300, unit="seconds")
+        within("drain_timeout", 0, 3_600, unit="seconds")
         need(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "log_level",
              "one of DEBUG, INFO, WARNING, ERROR, CRITICAL", self.log_level)
         need(self.log_user_ids in ("hash", "plain", "drop"), "log_user_ids", "one of hash, plain, drop",
