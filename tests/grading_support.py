@@ -17,6 +17,7 @@ exercise notebooks are synchronous).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -99,3 +100,25 @@ def execute(path: Path) -> Executed:
 def score(results: list[CheckResult]) -> tuple[float, float]:
     """(points, max points)."""
     return sum(r.points for r in results), sum(r.max_points for r in results)
+
+
+@functools.cache
+def graded(path: Path, exercise_id: str) -> tuple[CheckResult, ...]:
+    """`grade`, run once per notebook: most tests of an exercise read the same results."""
+    return tuple(grade(path, exercise_id))
+
+
+@functools.cache
+def clean_namespace(path: Path) -> dict[str, Any]:
+    """The namespace of a notebook every cell of which must run without an error (a solution)."""
+    executed = execute(path)
+    assert not executed.errors, executed.errors
+    return executed.namespace
+
+
+def mutants_of(exercise_id: str) -> tuple[Path, dict[str, str], list[Path]]:
+    """An exercise's folder of buggy submissions, each one's expected message fragment, and their
+    notebooks in order."""
+    folder = MUTANTS / exercise_id
+    expected: dict[str, str] = json.loads((folder / "expected.json").read_text())
+    return folder, expected, sorted(folder.glob("*.ipynb"))

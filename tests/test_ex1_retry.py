@@ -9,17 +9,17 @@ import json
 import re
 import textwrap
 import time
-from functools import cache
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from grading_support import (
     EXERCISES,
-    MUTANTS,
     SOLUTIONS,
     execute,
-    grade,
+    graded as graded_as,
+    mutants_of,
     notebook_folder,
     score,
 )
@@ -28,16 +28,12 @@ from course_lib.grading import CheckFailed, CheckResult, exercise
 from course_lib.grading import ex1_retry as checks
 
 NOTEBOOK = "ex1_retry.ipynb"
-MUTANT_DIR = MUTANTS / "ex1"
-EXPECTED = json.loads((MUTANT_DIR / "expected.json").read_text())
-MUTANT_PATHS = sorted(MUTANT_DIR.glob("*.ipynb"))
+MUTANT_DIR, EXPECTED, MUTANT_PATHS = mutants_of("ex1")
 RETRY_STUB = "NotImplementedError: write retry_with_backoff: return a decorator"
 AGENT_STUB = "NotImplementedError: return create_app(client, ask=...)"
 
 
-@cache
-def graded(path: Path) -> tuple[CheckResult, ...]:
-    return tuple(grade(path, "ex1"))
+graded = partial(graded_as, exercise_id="ex1")
 
 
 def cells(path: Path) -> list[dict[str, Any]]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import time
-from functools import cache
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import nbformat
@@ -18,11 +17,12 @@ import openai
 import pytest
 from grading_support import (
     EXERCISES,
-    MUTANTS,
     SOLUTIONS,
     code_cells,
     execute,
     grade,
+    graded as graded_as,
+    mutants_of,
     score,
 )
 from nbclient import NotebookClient
@@ -32,16 +32,14 @@ from course_lib.grading import CheckResult, exercise
 from course_lib.grading import ex2_circuit_breaker as ex2
 
 NAME = "ex2_circuit_breaker.ipynb"
-EXERCISE, SOLUTION, MUTANT_DIR = EXERCISES / NAME, SOLUTIONS / NAME, MUTANTS / "ex2"
-EXPECTED: dict[str, str] = json.loads((MUTANT_DIR / "expected.json").read_text())
-MUTANT_NAMES = sorted(path.stem for path in MUTANT_DIR.glob("*.ipynb"))
+EXERCISE, SOLUTION = EXERCISES / NAME, SOLUTIONS / NAME
+MUTANT_DIR, EXPECTED, _mutants = mutants_of("ex2")
+MUTANT_NAMES = [path.stem for path in _mutants]
 BREAKER_CHECKS, TEST_CHECKS = 9, 8  # checks on the learner's breaker, then on the learner's test
 FULL_MARKS = 23
 
 
-@cache
-def graded(path: Path) -> tuple[CheckResult, ...]:
-    return tuple(grade(path, "ex2"))
+graded = partial(graded_as, exercise_id="ex2")
 
 
 def failed(results: tuple[CheckResult, ...] | list[CheckResult]) -> dict[str, str]:
@@ -281,8 +279,7 @@ def test_a_failing_learner_test_is_reported_with_its_line_even_through_pytest_fa
 
 def test_the_time_functions_are_restored_after_the_checks() -> None:
     originals = (time.time, time.monotonic, time.sleep)
-    graded.cache_clear()
-    graded(MUTANT_DIR / "wall_clock.ipynb")
+    grade(MUTANT_DIR / "wall_clock.ipynb", "ex2")  # a fresh run, not the cached one
     assert (time.time, time.monotonic, time.sleep) == originals
 
 

@@ -8,7 +8,7 @@ import ast
 import contextlib
 import json
 import time
-from functools import cache
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +16,27 @@ import pytest
 from grading_support import (
     CHECK_CELL,
     EXERCISES,
-    MUTANTS,
     SOLUTIONS,
+    clean_namespace,
     code_cells,
     execute,
-    grade,
+    graded as graded_as,
+    mutants_of,
     score,
 )
 
 from course_lib.grading import CheckResult, ExerciseIncomplete, check, exercise
 
 NAME = "ex3_fallback_chain.ipynb"
-EXERCISE, SOLUTION, MUTANT_DIR = EXERCISES / NAME, SOLUTIONS / NAME, MUTANTS / "ex3"
-EXPECTED: dict[str, str] = json.loads((MUTANT_DIR / "expected.json").read_text())
-MUTANT_NAMES = sorted(path.stem for path in MUTANT_DIR.glob("*.ipynb"))
+EXERCISE, SOLUTION = EXERCISES / NAME, SOLUTIONS / NAME
+MUTANT_DIR, EXPECTED, _mutants = mutants_of("ex3")
+MUTANT_NAMES = [path.stem for path in _mutants]
 
 
-@cache
-def graded(path: Path) -> tuple[CheckResult, ...]:
-    return tuple(grade(path, "ex3"))
+graded = partial(graded_as, exercise_id="ex3")
 
 
-@cache
-def solution_namespace() -> dict[str, Any]:
-    executed = execute(SOLUTION)
-    assert not executed.errors, executed.errors
-    return executed.namespace
+solution_namespace = partial(clean_namespace, SOLUTION)
 
 
 def cells(path: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import time
-from functools import cache
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ import pytest
 from grading_support import (
     CHECK_CELL,
     EXERCISES,
-    MUTANTS,
     SOLUTIONS,
+    clean_namespace,
     code_cells,
     execute,
-    grade,
+    graded as graded_as,
+    mutants_of,
     notebook_folder,
     score,
 )
@@ -39,25 +40,19 @@ from course_lib.grading import (
 from course_lib.grading.ex4_structured_logging import KEY, LNAV_SKIPPED
 
 NAME = "ex4_structured_logging.ipynb"
-EXERCISE, SOLUTION, MUTANT_DIR = EXERCISES / NAME, SOLUTIONS / NAME, MUTANTS / "ex4"
-EXPECTED: dict[str, str] = json.loads((MUTANT_DIR / "expected.json").read_text())
-MUTANT_NAMES = sorted(path.stem for path in MUTANT_DIR.glob("*.ipynb"))
+EXERCISE, SOLUTION = EXERCISES / NAME, SOLUTIONS / NAME
+MUTANT_DIR, EXPECTED, _mutants = mutants_of("ex4")
+MUTANT_NAMES = [path.stem for path in _mutants]
 LNAV_CHECK = "lnav reads the lines with the course's format (counts per request and level match)"
 TS_CHECK = "ts is the record's time in UTC, ISO 8601 with milliseconds and its zone"
 OWN_CHECK = "JsonFormatter is your own logging.Formatter (course_lib.logs is not used)"
 HAS_LNAV = shutil.which("lnav") is not None
 
 
-@cache
-def graded(path: Path) -> tuple[CheckResult, ...]:
-    return tuple(grade(path, "ex4"))
+graded = partial(graded_as, exercise_id="ex4")
 
 
-@cache
-def solution_namespace() -> dict[str, Any]:
-    executed = execute(SOLUTION)
-    assert not executed.errors, executed.errors
-    return executed.namespace
+solution_namespace = partial(clean_namespace, SOLUTION)
 
 
 def failed(results: list[CheckResult] | tuple[CheckResult, ...]) -> dict[str, str]:
