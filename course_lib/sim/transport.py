@@ -27,12 +27,15 @@ def _read_timeout(request: httpx2.Request) -> float | None:
     return timeout.get("read")
 
 
-def _plan(reply: SimReply, timeout: float | None) -> tuple[float, bool]:
+def _bounded(wait: float, timeout: float | None) -> tuple[float, bool]:
     """(seconds to wait, whether the client gives up with a timeout after them)."""
-    wait = reply.delay + (reply.hang_seconds if reply.action == "hang" else 0.0)
     if timeout is not None and wait > timeout:
         return timeout, True
     return wait, False
+
+
+def _plan(reply: SimReply, timeout: float | None) -> tuple[float, bool]:
+    return _bounded(reply.delay + (reply.hang_seconds if reply.action == "hang" else 0.0), timeout)
 
 
 class _PacedStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
@@ -55,10 +58,7 @@ class _PacedStream(httpx2.SyncByteStream, httpx2.AsyncByteStream):
 
     def _wait(self) -> tuple[float, bool]:
         """(seconds to wait for the next chunk, whether the read timeout runs out first)."""
-        wait = max(0.0, self.due[self.sent] - self.clock.now())
-        if self.timeout is not None and wait > self.timeout:
-            return self.timeout, True
-        return wait, False
+        return _bounded(max(0.0, self.due[self.sent] - self.clock.now()), self.timeout)
 
     def _take(self, timed_out: bool) -> bytes:
         if timed_out:
